@@ -1,0 +1,39 @@
+"""One exception tree for the whole project.
+
+Catch these narrowly at boundaries (CLI, wire, Redis); anything else is a bug and should crash.
+"""
+
+from __future__ import annotations
+
+
+class LbError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ValidationError(LbError, ValueError):
+    """A value given by a person or a file is wrong; the message names the part at fault."""
+
+
+class UnknownSettingError(ValidationError):
+    """A setting name that is not in the settings table."""
+
+
+class UnknownAlgorithmError(ValidationError):
+    """An algorithm name that is not registered."""
+
+
+class PropertiesError(LbError):
+    """An agent.properties file cannot be read or holds a bad value."""
+
+
+class ProtocolError(LbError):
+    """A wire message is malformed, oversized or missing fields."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StoreUnavailableError(LbError):
+    """Redis cannot be reached; retryable."""

@@ -1,0 +1,101 @@
+"""agent.properties: read, change and write back with comments, blank lines, key order and
+unknown keys kept, replaced atomically so a crash leaves the old file or the new one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import javaproperties
+
+from common.errors import PropertiesError
+
+# latin-1 maps every byte to one character, so untouched lines round-trip byte for byte;
+# values we write are ASCII (javaproperties escapes anything else as \uXXXX).
+_ENCODING = "latin-1"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync folder.
+
+    The file keeps its permission bits when it already exists.
+    """
+    folder = path.parent
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fchmod(tmp.fileno(), mode)
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class AgentProperties:
+    """An agent.properties file held in memory; `save()` writes it back atomically."""
+
+    def __init__(self, path: Path, document: javaproperties.PropertiesFile) -> None:
+        self.path = path
+        self._document = document
+
+    @classmethod
+    def load(cls, path: Path | str) -> AgentProperties:
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode(_ENCODING)
+        except OSError as exc:
+            raise PropertiesError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            document = javaproperties.PropertiesFile.loads(text)
+        except ValueError as exc:  # InvalidUEscapeError is a ValueError
+            raise PropertiesError(f"{path}: {exc}") from None
+        return cls(path, document)
+
+    @classmethod
+    def empty(cls, path: Path | str) -> AgentProperties:
+        return cls(Path(path), javaproperties.PropertiesFile())
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self._document.get(key, default)
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._document)
+
+    def set(self, key: str, value: str) -> None:
+        """Change a key in place (its line keeps its position) or append it."""
+        self._document[key] = value
+
+    def remove(self, key: str) -> None:
+        if key in self._document:
+            del self._document[key]
+
+    def dumps(self) -> str:
+        return str(self._document.dumps())
+
+    def save(self) -> None:
+        atomic_write(self.path, self.dumps().encode(_ENCODING))
+
+
+def update_properties(path: Path | str, changes: Mapping[str, str | None]) -> AgentProperties:
+    """Read `path`, apply `changes` (None removes a key), write it back atomically."""
+    props = AgentProperties.load(path)
+    for key, value in changes.items():
+        if value is None:
+            props.remove(key)
+        else:
+            props.set(key, value)
+    props.save()
+    return props

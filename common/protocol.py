@@ -1,0 +1,187 @@
+"""The agent <-> server wire protocol: one JSON object per line, UTF-8, at most 64 KiB.
+
+Messages are typed dataclasses keyed by `MessageType`; `decode` checks every field and raises
+ProtocolError (with an error code) on anything malformed, so a bad line affects one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from common.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 64 * 1024
+# A StreamReader limit a little above MAX_LINE, so a line of exactly MAX_LINE bytes plus its
+# newline is still read whole and anything longer is refused.
+READER_LIMIT = MAX_LINE + 2
+
+
+class MessageType(enum.StrEnum):
+    STARTUP = "startup"
+    READY = "ready"
+    MS_LIST = "ms_list"
+    ACK = "ack"
+    PING = "ping"
+    PONG = "pong"
+    ERROR = "error"
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    LINE_TOO_LONG = "line_too_long"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    UNAVAILABLE = "unavailable"  # retryable: try another server or later
+    SUPERSEDED = "superseded"  # a newer session of this host exists
+    SHUTTING_DOWN = "shutting_down"
+
+
+@dataclass(frozen=True)
+class Startup:
+    TYPE: ClassVar[MessageType] = MessageType.STARTUP
+    guid: str
+    name: str
+    host_type: str  # the host's type (routing, ssvm, cpvm...); `type` is the message's
+    zone: str
+    cluster: str
+    ms_list: list[str]
+    algorithm: str | None
+    dialled: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Ready:
+    TYPE: ClassVar[MessageType] = MessageType.READY
+    host_id: int
+    server: str
+    ping_interval: int
+    ping_timeout: int
+    check_interval: int
+
+
+@dataclass(frozen=True)
+class MsList:
+    TYPE: ClassVar[MessageType] = MessageType.MS_LIST
+    ms_list: list[str]
+    algorithm: str
+    check_interval: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    TYPE: ClassVar[MessageType] = MessageType.ACK
+    version: int
+
+
+@dataclass(frozen=True)
+class Ping:
+    TYPE: ClassVar[MessageType] = MessageType.PING
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Pong:
+    TYPE: ClassVar[MessageType] = MessageType.PONG
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Error:
+    TYPE: ClassVar[MessageType] = MessageType.ERROR
+    code: str
+    message: str
+    retryable: bool = False
+
+
+Message = Startup | Ready | MsList | Ack | Ping | Pong | Error
+
+MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
+    cls.TYPE: cls for cls in (Startup, Ready, MsList, Ack, Ping, Pong, Error)
+}
+
+
+@dataclass(frozen=True)
+class UnknownMessage:
+    """A well-formed message of a type this side does not know: logged and ignored."""
+
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(message: Message) -> bytes:
+    body = {"type": str(message.TYPE), **dataclasses.asdict(message)}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _build(cls: type[Message], body: dict[str, Any]) -> Message:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in body:
+            if f.default is dataclasses.MISSING:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: missing field {f.name!r}")
+            continue
+        if not _type_ok(body[f.name], hints[f.name]):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: bad value for {f.name!r}")
+        kwargs[f.name] = body[f.name]
+    return cls(**kwargs)
+
+
+def decode(line: bytes) -> Message | UnknownMessage:
+    """Parse one line (with or without its newline)."""
+    if len(line.rstrip(b"\r\n")) > MAX_LINE:
+        raise ProtocolError(ErrorCode.LINE_TOO_LONG, f"line longer than {MAX_LINE} bytes")
+    try:
+        body = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "line is not a UTF-8 JSON object") from None
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "message is not an object with a 'type'")
+    try:
+        message_type = MessageType(body["type"])
+    except ValueError:
+        return UnknownMessage(body["type"], body)
+    return _build(MESSAGE_CLASSES[message_type], body)
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message | UnknownMessage | None:
+    """The next message, or None at end of stream. The reader must use READER_LIMIT."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial.strip():
+            return None
+        line = exc.partial
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(ErrorCode.LINE_TOO_LONG, f"line longer than {MAX_LINE} bytes") from None
+    if not line.strip():
+        return await read_message(reader)
+    return decode(line)

@@ -1,0 +1,178 @@
+"""The table of global settings: name, type, default, scope, validator, help.
+
+Validation, `msctl config list` and the README's table all come from `SETTINGS`. Values are
+stored in Redis as normalised strings; `parse_*` functions turn operator input into that form
+and raise ValidationError with a one-line reason naming the part at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from common import algorithms
+from common.addresses import format_address_list, parse_address_list
+from common.errors import UnknownSettingError, ValidationError
+
+
+class Scope(enum.StrEnum):
+    GLOBAL = "global"
+    CLUSTER = "cluster"
+
+
+class Source(enum.StrEnum):
+    """Where an effective value comes from."""
+
+    CLUSTER = "cluster"
+    GLOBAL = "global"
+    DEFAULT = "default"
+
+
+HOST = "host"
+ALGORITHM = "indirect.agent.lb.algorithm"
+CHECK_INTERVAL = "indirect.agent.lb.check.interval"
+PING_INTERVAL = "ping.interval"
+PING_TIMEOUT = "ping.timeout"
+
+
+def _parse_host(raw: str) -> str:
+    return format_address_list(parse_address_list(raw))
+
+
+def _parse_algorithm(raw: str) -> str:
+    name = raw.strip()
+    algorithms.get(name)
+    return name
+
+
+def _whole_number(minimum: int, unit: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        text = raw.strip()
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise ValidationError(f"{raw!r} is not a whole number of {unit}")
+        value = int(text)
+        if value < minimum:
+            raise ValidationError(f"{value} is below the minimum of {minimum} {unit}")
+        return str(value)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    type: str
+    default: str | None
+    scopes: frozenset[Scope]
+    parse: Callable[[str], str]
+    help: str
+
+    def normalise(self, raw: str) -> str:
+        """Validate operator input; the error names this setting and the part at fault."""
+        try:
+            return self.parse(raw)
+        except ValidationError as exc:
+            raise ValidationError(f"{self.name}: {exc}") from None
+
+
+_GLOBAL = frozenset({Scope.GLOBAL})
+_GLOBAL_AND_CLUSTER = frozenset({Scope.GLOBAL, Scope.CLUSTER})
+
+SETTINGS: dict[str, SettingSpec] = {
+    spec.name: spec
+    for spec in (
+        SettingSpec(
+            HOST,
+            "csv of addresses",
+            None,
+            _GLOBAL,
+            _parse_host,
+            "management servers in preferred order: hostname, IPv4 or [IPv6], optional :port",
+        ),
+        SettingSpec(
+            ALGORITHM,
+            "algorithm name",
+            "static",
+            _GLOBAL,
+            _parse_algorithm,
+            "how each agent's copy of the list is ordered: " + ", ".join(algorithms.names()),
+        ),
+        SettingSpec(
+            CHECK_INTERVAL,
+            "seconds",
+            "0",
+            _GLOBAL_AND_CLUSTER,
+            _whole_number(0, "seconds"),
+            "period of the agents' preferred-server check; 0 disables it",
+        ),
+        SettingSpec(
+            PING_INTERVAL,
+            "seconds",
+            "5",
+            _GLOBAL,
+            _whole_number(1, "seconds"),
+            "agent heartbeat period",
+        ),
+        SettingSpec(
+            PING_TIMEOUT,
+            "multiple of ping.interval",
+            "3",
+            _GLOBAL,
+            _whole_number(1, "intervals"),
+            "silence (in ping intervals) after which a session is declared dead",
+        ),
+    )
+}
+
+
+def spec_for(name: str) -> SettingSpec:
+    """The spec of a setting; an unknown name suggests the closest known one."""
+    try:
+        return SETTINGS[name]
+    except KeyError:
+        pass
+    close = difflib.get_close_matches(name, list(SETTINGS), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(SETTINGS)}"
+    raise UnknownSettingError(f"unknown setting {name!r}{hint}")
+
+
+def resolve(
+    name: str, global_values: Mapping[str, str], cluster_values: Mapping[str, str] | None = None
+) -> tuple[str | None, Source]:
+    """The effective value of one setting and where it comes from."""
+    spec = spec_for(name)
+    if cluster_values and Scope.CLUSTER in spec.scopes and name in cluster_values:
+        return cluster_values[name], Source.CLUSTER
+    if name in global_values:
+        return global_values[name], Source.GLOBAL
+    return spec.default, Source.DEFAULT
+
+
+@dataclass(frozen=True)
+class EffectiveSettings:
+    """Typed effective values for one scope (global, or one cluster)."""
+
+    host: tuple[str, ...] | None
+    algorithm: str
+    check_interval: int
+    ping_interval: int
+    ping_timeout: int
+
+    @classmethod
+    def from_maps(
+        cls, global_values: Mapping[str, str], cluster_values: Mapping[str, str] | None = None
+    ) -> EffectiveSettings:
+        def value(name: str) -> str | None:
+            return resolve(name, global_values, cluster_values)[0]
+
+        host = value(HOST)
+        return cls(
+            host=tuple(host.split(",")) if host else None,
+            algorithm=value(ALGORITHM) or "static",
+            check_interval=int(value(CHECK_INTERVAL) or 0),
+            ping_interval=int(value(PING_INTERVAL) or 5),
+            ping_timeout=int(value(PING_TIMEOUT) or 3),
+        )
