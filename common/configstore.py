@@ -167,7 +167,7 @@ class ConfigStore:
                     value,
                     spec.default,
                     source,
-                    tuple(str(s) for s in sorted(spec.scopes)),
+                    tuple(str(s) for s in Scope if s in spec.scopes),
                     spec.help,
                 )
             )

@@ -1,0 +1,1 @@
+"""msctl: the administrator's command line for settings, hosts, servers and a local lab."""

@@ -1,0 +1,22 @@
+"""Entry point of `msctl`."""
+
+from __future__ import annotations
+
+import click
+
+from common.logs import log_config
+from msctl.config_cmd import config_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="more log output")
+def cli(verbose: int) -> None:
+    """Administer indirect agent load balancing: settings, hosts, servers, a local lab."""
+    log_config(verbose, quiet=verbose == 0)
+
+
+cli.add_command(config_group)
+
+
+def main() -> None:
+    cli(prog_name="msctl")

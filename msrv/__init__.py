@@ -1,0 +1,1 @@
+"""msrv: the management server daemon."""
