@@ -28,7 +28,9 @@ def _describe(change: ConfigChange, verb: str) -> str:
     return f"{change.name}{where} {verb} (config version {change.version})"
 
 
-@config_group.command("set")
+# ignore_unknown_options lets a value such as "-1" reach validation instead of being taken
+# for an option, so the operator gets the setting's own one-line reason.
+@config_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @cluster_option

@@ -1,0 +1,3 @@
+from msctl.cli import main
+
+main()

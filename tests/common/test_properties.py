@@ -1,0 +1,99 @@
+import os
+import stat
+
+import pytest
+
+from common.errors import PropertiesError
+from common.properties import AgentProperties, atomic_write, update_properties
+
+ORIGINAL = (
+    "# agent.properties of hv-17\n"
+    "\n"
+    "! written by the installer\n"
+    "guid = 9f0c-17\n"
+    "zone:1\n"
+    "host=10.0.0.1,10.0.0.2@static\n"
+    "workers   4\n"
+    "resource=com.example.Hypervisor\\\n"
+    "    Resource\n"
+    "caf\\u00e9=cr\\u00e8me\n"
+    "# trailing comment\n"
+    "cluster=7"
+)
+
+
+@pytest.fixture
+def props_file(tmp_path):
+    path = tmp_path / "agent.properties"
+    path.write_bytes(ORIGINAL.encode("latin-1"))
+    return path
+
+
+def test_round_trip_changes_only_the_host_line(props_file):
+    update_properties(props_file, {"host": "10.0.0.2,10.0.0.1@roundrobin"})
+    after = props_file.read_bytes().decode("latin-1").split("\n")
+    before = ORIGINAL.split("\n")
+    assert len(after) == len(before)
+    changed = [(b, a) for b, a in zip(before, after, strict=True) if a != b]
+    assert changed == [("host=10.0.0.1,10.0.0.2@static", "host=10.0.0.2,10.0.0.1@roundrobin")]
+
+
+def test_unchanged_document_is_byte_for_byte_identical(props_file):
+    AgentProperties.load(props_file).save()
+    assert props_file.read_bytes() == ORIGINAL.encode("latin-1")
+
+
+def test_values_read_like_java(props_file):
+    props = AgentProperties.load(props_file)
+    assert props.get("guid") == "9f0c-17"
+    assert props.get("zone") == "1"
+    assert props.get("workers") == "4"
+    assert props.get("resource") == "com.example.HypervisorResource"
+    assert props.get("café") == "crème"
+    assert props.get("missing", "d") == "d"
+
+
+def test_new_keys_are_appended_and_ipv6_colons_escaped_as_java_does(props_file):
+    update_properties(props_file, {"host": "[::1]:8250@static", "port": "8250"})
+    text = props_file.read_text("latin-1")
+    assert "host=[\\:\\:1]\\:8250@static\n" in text
+    assert text.endswith("cluster=7\nport=8250\n")
+    assert AgentProperties.load(props_file).get("host") == "[::1]:8250@static"
+
+
+def test_none_removes_a_key(props_file):
+    update_properties(props_file, {"workers": None})
+    assert "workers" not in AgentProperties.load(props_file).as_dict()
+
+
+def test_atomic_write_keeps_mode_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "f.properties"
+    path.write_text("a=1\n")
+    os.chmod(path, 0o600)
+    atomic_write(path, b"a=2\n")
+    assert path.read_text() == "a=2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["f.properties"]
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.properties"
+    path.write_text("a=1\n")
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, b"a=2\n")
+    assert path.read_text() == "a=1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.properties"]
+
+
+def test_unreadable_or_broken_files_raise_one_line_errors(tmp_path):
+    with pytest.raises(PropertiesError, match="cannot read"):
+        AgentProperties.load(tmp_path / "nope.properties")
+    bad = tmp_path / "bad.properties"
+    bad.write_text("key=\\u12G4\n")
+    with pytest.raises(PropertiesError, match=r"bad\.properties"):
+        AgentProperties.load(bad)

@@ -1,0 +1,89 @@
+import asyncio
+
+import pytest
+
+from common import protocol
+from common.errors import ProtocolError
+from common.protocol import ErrorCode, MsList, Startup, UnknownMessage, decode, encode
+
+STARTUP = Startup(
+    guid="g-1",
+    name="hv1",
+    host_type="routing",
+    zone="z1",
+    cluster="c1",
+    ms_list=["a", "b"],
+    algorithm=None,
+    dialled="a",
+)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        STARTUP,
+        protocol.Ready(1, "a", 5, 3, 0),
+        MsList(["b", "a"], "roundrobin", 10, 7),
+        protocol.Ack(7),
+        protocol.Ping(3),
+        protocol.Pong(3),
+        protocol.Error("unavailable", "redis is down", retryable=True),
+    ],
+)
+def test_every_message_round_trips_as_one_line(message):
+    line = encode(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode(line) == message
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"\xff\xfe garbage", ErrorCode.BAD_JSON),
+        (b"{not json", ErrorCode.BAD_JSON),
+        (b"[1, 2]", ErrorCode.BAD_MESSAGE),
+        (b'{"no": "type"}', ErrorCode.BAD_MESSAGE),
+        (b'{"type": "ack"}', ErrorCode.BAD_MESSAGE),
+        (b'{"type": "ack", "version": "7"}', ErrorCode.BAD_MESSAGE),
+        (b'{"type": "ack", "version": true}', ErrorCode.BAD_MESSAGE),
+        (
+            b'{"type": "ms_list", "ms_list": ["a", 1], "algorithm": "s",'
+            b' "check_interval": 0, "version": 1}',
+            ErrorCode.BAD_MESSAGE,
+        ),
+        (b'{"type": "startup", "name": "x"}', ErrorCode.BAD_MESSAGE),
+        (b"x" * (protocol.MAX_LINE + 1), ErrorCode.LINE_TOO_LONG),
+    ],
+)
+def test_malformed_lines_raise_with_a_code(line, code):
+    with pytest.raises(ProtocolError) as info:
+        decode(line)
+    assert info.value.code == code
+
+
+def test_startup_without_guid_names_the_field():
+    body = encode(STARTUP).replace(b'"guid":"g-1",', b"")
+    with pytest.raises(ProtocolError, match="missing field 'guid'"):
+        decode(body)
+
+
+def test_unknown_types_are_returned_for_logging_not_raised():
+    assert decode(b'{"type": "future.thing", "x": 1}') == UnknownMessage(
+        "future.thing", {"type": "future.thing", "x": 1}
+    )
+
+
+def test_read_message_enforces_the_line_limit():
+    async def scenario(data: bytes):
+        reader = asyncio.StreamReader(limit=protocol.READER_LIMIT)
+        reader.feed_data(data)
+        reader.feed_eof()
+        return [await protocol.read_message(reader) for _ in range(2)]
+
+    exact = b'{"type":"ping","seq":1,"pad":"' + b"x" * (protocol.MAX_LINE - 32) + b'"}'
+    assert len(exact) == protocol.MAX_LINE
+    first, end = asyncio.run(scenario(exact + b"\n"))
+    assert first == protocol.Ping(1) and end is None
+    with pytest.raises(ProtocolError) as info:
+        asyncio.run(scenario(b"x" * (1 << 20) + b"\n"))
+    assert info.value.code == ErrorCode.LINE_TOO_LONG

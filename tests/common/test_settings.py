@@ -1,0 +1,71 @@
+import pytest
+
+from common.errors import UnknownSettingError, ValidationError
+from common.settings import (
+    CHECK_INTERVAL,
+    SETTINGS,
+    EffectiveSettings,
+    Source,
+    resolve,
+    spec_for,
+)
+
+
+def test_the_table_holds_the_five_settings_of_the_design():
+    assert set(SETTINGS) == {
+        "host",
+        "indirect.agent.lb.algorithm",
+        "indirect.agent.lb.check.interval",
+        "ping.interval",
+        "ping.timeout",
+    }
+    assert [SETTINGS[n].default for n in SETTINGS] == [None, "static", "0", "5", "3"]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "fragment"),
+    [
+        ("host", "", "host: the list is empty"),
+        ("indirect.agent.lb.algorithm", "fastest", "unknown algorithm 'fastest'"),
+        (CHECK_INTERVAL, "-1", "below the minimum of 0"),
+        (CHECK_INTERVAL, "1.5", "'1.5' is not a whole number"),
+        (CHECK_INTERVAL, "abc", "'abc' is not a whole number"),
+        (CHECK_INTERVAL, "²", "is not a whole number"),
+        ("ping.interval", "0", "below the minimum of 1"),
+        ("ping.timeout", "0", "below the minimum of 1"),
+    ],
+)
+def test_bad_values_name_the_setting_and_the_fault(name, raw, fragment):
+    with pytest.raises(ValidationError) as info:
+        spec_for(name).normalise(raw)
+    assert str(info.value).startswith(name + ":") or fragment in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_values_are_normalised():
+    assert spec_for(CHECK_INTERVAL).normalise(" 07 ") == "7"
+    assert spec_for("indirect.agent.lb.algorithm").normalise(" shuffle") == "shuffle"
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(UnknownSettingError, match="did you mean 'host'"):
+        spec_for("hots")
+    with pytest.raises(UnknownSettingError, match="known: host"):
+        spec_for("zzzzzzzz")
+
+
+def test_resolve_prefers_cluster_then_global_then_default():
+    assert resolve(CHECK_INTERVAL, {}, None) == ("0", Source.DEFAULT)
+    assert resolve(CHECK_INTERVAL, {CHECK_INTERVAL: "5"}, {}) == ("5", Source.GLOBAL)
+    assert resolve(CHECK_INTERVAL, {CHECK_INTERVAL: "5"}, {CHECK_INTERVAL: "9"}) == (
+        "9",
+        Source.CLUSTER,
+    )
+    # a cluster map cannot override a global-only setting
+    assert resolve("ping.interval", {}, {"ping.interval": "9"}) == ("5", Source.DEFAULT)
+
+
+def test_effective_settings_are_typed():
+    eff = EffectiveSettings.from_maps({"host": "a,b:1", CHECK_INTERVAL: "4"}, {CHECK_INTERVAL: "2"})
+    assert eff == EffectiveSettings(("a", "b:1"), "static", 2, 5, 3)
+    assert EffectiveSettings.from_maps({}).host is None
