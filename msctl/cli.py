@@ -6,6 +6,7 @@ import click
 
 from common.logs import log_config
 from msctl.config_cmd import config_group
+from msctl.lab_cmd import lab_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +17,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(config_group)
+cli.add_command(lab_group)
 
 
 def main() -> None:

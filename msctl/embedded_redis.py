@@ -1,0 +1,144 @@
+"""An embedded Redis for the lab and the tests: a real redis-server child process on a free
+loopback port, or, when the binary is missing, fakeredis's TCP server in this process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+READY_TIMEOUT = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_redis(
+    url: str, timeout: float = READY_TIMEOUT, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until a PING to `url` answers; fail fast if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {process.returncode} before answering"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis at {url} did not answer within {timeout}s")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+class RedisServer:
+    """One redis-server process. `persist=True` keeps an fsync'd AOF in `workdir`, so a
+    killed and restarted server comes back with its data."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, persist: bool = False) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kind = "redis-server"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not on PATH")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--dir", str(self.workdir), "--protected-mode", "no", "--daemonize", "no"]
+        args += ["--logfile", str(self.workdir / "redis.log")]
+        if self.persist:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        return args
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
+        wait_for_redis(self.url, process=self.process)
+        return self
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save or say goodbye."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+class FakeRedisTcp:
+    """fakeredis's TCP server in a thread: same interface as RedisServer, no kill/restart."""
+
+    kind = "fakeredis TcpFakeServer"
+
+    def __init__(self) -> None:
+        try:
+            from fakeredis import TcpFakeServer
+        except ImportError:
+            raise RuntimeError(
+                "no redis-server binary and no fakeredis: install redis-server or "
+                "the 'lab' extra (pip install 'indirect-agent-lb[lab]')"
+            ) from None
+
+        self.port = free_port()
+        self._server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> FakeRedisTcp:
+        self._thread.start()
+        wait_for_redis(self.url)
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    kill = stop
+
+
+def have_redis_server() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def start_embedded(workdir: Path) -> RedisServer | FakeRedisTcp:
+    """A redis-server child when the binary exists, else fakeredis's TCP server."""
+    server: RedisServer | FakeRedisTcp
+    server = RedisServer(workdir) if have_redis_server() else FakeRedisTcp()
+    return server.start()
