@@ -47,9 +47,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 class AgentProperties:
     """An agent.properties file held in memory; `save()` writes it back atomically."""
 
-    def __init__(self, path: Path, document: javaproperties.PropertiesFile) -> None:
+    def __init__(
+        self,
+        path: Path,
+        document: javaproperties.PropertiesFile,
+        lines: dict[str, int] | None = None,
+    ) -> None:
         self.path = path
         self._document = document
+        self._lines = lines or {}
 
     @classmethod
     def load(cls, path: Path | str) -> AgentProperties:
@@ -62,11 +68,16 @@ class AgentProperties:
             document = javaproperties.PropertiesFile.loads(text)
         except ValueError as exc:  # InvalidUEscapeError is a ValueError
             raise PropertiesError(f"{path}: {exc}") from None
-        return cls(path, document)
+        return cls(path, document, _key_lines(text))
 
     @classmethod
     def empty(cls, path: Path | str) -> AgentProperties:
         return cls(Path(path), javaproperties.PropertiesFile())
+
+    def where(self, key: str) -> str:
+        """`path line N` for error messages (the last line that sets `key`), or just `path`."""
+        line = self._lines.get(key)
+        return f"{self.path} line {line}" if line else str(self.path)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         return self._document.get(key, default)
@@ -87,6 +98,17 @@ class AgentProperties:
 
     def save(self) -> None:
         atomic_write(self.path, self.dumps().encode(_ENCODING))
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line number (1-based) where each key is set; a later setting wins, as when reading."""
+    lines: dict[str, int] = {}
+    line = 1
+    for element in javaproperties.parse(text):
+        if isinstance(element, javaproperties.KeyValue):
+            lines[element.key] = line
+        line += element.source.count("\n")
+    return lines
 
 
 def update_properties(path: Path | str, changes: Mapping[str, str | None]) -> AgentProperties:

@@ -1,0 +1,205 @@
+"""The agent: holds one session to a management server, fails over through its list, persists
+the lists the servers push, and switches servers make-before-break."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine
+from typing import Any
+
+from agentd.checker import PreferredChecker
+from agentd.config import HOST, AgentSettings
+from agentd.failover import connect_with_failover
+from agentd.link import ConnectFailedError, Link
+from common.addresses import Address, parse_address_list
+from common.errors import ValidationError
+from common.hostlist import HostList, format_host_value
+from common.properties import update_properties
+from common.protocol import MsList, Startup
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_MAX_DELAY = 3.0  # seconds; spreads a fleet's moves when its server leaves the list
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.host_list = settings.host_list
+        self.label = f"agent {settings.name}"
+        self.rng = rng or random.Random()
+        self.link: Link | None = None
+        self.host_id: int | None = None
+        self.version = 0
+        self.server_check_interval = 0
+        self.interval_changed = asyncio.Event()
+        self.switches = 0
+        self.failovers = 0
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failure: BaseException | None = None
+        self._persist_lock = asyncio.Lock()
+        self._switch_lock = asyncio.Lock()
+        self._migration: asyncio.Task[None] | None = None
+
+    # ---- state seen by the checker, the swarm and tests
+    @property
+    def check_interval(self) -> int:
+        own = self.settings.check_interval
+        return own if own is not None else self.server_check_interval
+
+    @property
+    def server(self) -> Address | None:
+        """The server of the live session, if any."""
+        return self.link.address if self.link is not None and not self.link.closed else None
+
+    def endpoint(self, address: Address) -> tuple[str, int]:
+        return address.endpoint(self.settings.port)
+
+    # ---- lifecycle
+    async def run(self) -> None:
+        """Run until `stop()`; a bug in any task stops the agent and is raised here."""
+        self._spawn(self._session_loop(), "session")
+        self._spawn(PreferredChecker(self).run(), "checker")
+        await self._stopping.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.link is not None:
+            self.link.close()
+        logger.info("%s: stopped", self.label)
+        if self._failure is not None:
+            raise self._failure
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"{self.label} {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+            logger.error("%s: task %s failed", self.label, task.get_name(), exc_info=self._failure)
+            self.stop()
+
+    # ---- sessions
+    def startup_message(self, address: Address) -> Startup:
+        s = self.settings
+        return Startup(
+            guid=s.guid,
+            name=s.name,
+            host_type=s.host_type,
+            zone=s.zone,
+            cluster=s.cluster,
+            ms_list=self.host_list.entries,
+            algorithm=self.host_list.algorithm,
+            dialled=str(address),
+        )
+
+    async def open_link(self, address: Address) -> Link:
+        return await Link.open(
+            address,
+            self.settings.port,
+            self.startup_message(address),
+            self.settings.connect_timeout,
+            self.label,
+        )
+
+    def _adopt(self, link: Link, replacing: Link | None) -> bool:
+        """Make `link` the session unless the session changed meanwhile (then close it)."""
+        if self.link is not replacing:
+            link.close()
+            return False
+        self.link = link
+        self.host_id = link.ready.host_id
+        self._set_server_interval(link.ready.check_interval)
+        self._spawn(self._serve(link), f"link {link.address}")
+        return True
+
+    async def _serve(self, link: Link) -> None:
+        reason = await link.run(self._on_ms_list)
+        if self.link is link and not self._stopping.is_set():
+            logger.warning("%s: lost server %s: %s", self.label, link.address, reason)
+
+    async def _session_loop(self) -> None:
+        lost: Address | None = None
+        while True:
+            if self.link is None or self.link.closed:
+                dead = self.link
+                link = await connect_with_failover(self, lost)
+                if self._adopt(link, replacing=dead):
+                    note = f" (failover from {lost})" if lost is not None else ""
+                    logger.info("%s: connected to %s%s", self.label, link.address, note)
+            current = self.link
+            assert current is not None
+            await current.wait_closed()
+            if self.link is current:
+                lost = current.address
+                self.failovers += 1
+
+    async def switch_to(self, address: Address, why: str) -> bool:
+        """Make-before-break: open a session to `address`, then close the current one."""
+        async with self._switch_lock:
+            old = self.link
+            if old is None or old.closed or self.endpoint(old.address) == self.endpoint(address):
+                return False
+            try:
+                new = await self.open_link(address)
+            except ConnectFailedError as exc:
+                logger.info("%s: %s not taken: %s", self.label, why, exc)
+                return False
+            if not self._adopt(new, replacing=old):
+                return False
+            old.close()
+            self.switches += 1
+            logger.info("%s: switched %s -> %s (%s)", self.label, old.address, address, why)
+            return True
+
+    # ---- lists pushed by servers
+    def _set_server_interval(self, seconds: int) -> None:
+        before = self.check_interval
+        self.server_check_interval = seconds
+        if self.check_interval != before:
+            self.interval_changed.set()
+
+    async def _on_ms_list(self, link: Link, message: MsList) -> None:
+        if message.version < self.version:
+            logger.info("%s: ignoring list of old version %d", self.label, message.version)
+            return
+        try:
+            new_list = HostList(parse_address_list(",".join(message.ms_list)), message.algorithm)
+        except ValidationError as exc:
+            logger.error("%s: refusing list from %s: %s", self.label, link.address, exc)
+            return
+        value = format_host_value(new_list)
+        async with self._persist_lock:
+            try:
+                await asyncio.to_thread(update_properties, self.settings.path, {HOST: value})
+            except OSError as exc:
+                logger.error("%s: cannot persist host=%s: %s", self.label, value, exc)
+                return
+        self.host_list = new_list
+        self.version = message.version
+        self._set_server_interval(message.check_interval)
+        await link.ack(message.version)
+        logger.info("%s: persisted host=%s (version %d)", self.label, value, message.version)
+        on_list = {self.endpoint(a) for a in new_list.addresses}
+        current = self.server
+        if current is not None and self.endpoint(current) not in on_list:
+            if self._migration is not None:
+                self._migration.cancel()
+            self._migration = self._spawn(self._migrate(), "migration")
+
+    async def _migrate(self) -> None:
+        await asyncio.sleep(self.rng.uniform(0, MIGRATION_MAX_DELAY))
+        for address in self.host_list.addresses:
+            if await self.switch_to(address, "current server left the list"):
+                return
+        logger.warning("%s: no server of the new list answered; staying", self.label)

@@ -1,0 +1,57 @@
+"""Preferred-host checker: every check interval, with a random phase per agent, an agent that is
+not on the first entry of its list tries it; if it completes a real startup, the agent switches
+make-before-break. The interval follows live changes; 0 stops the checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentd.agent import Agent
+
+logger = logging.getLogger(__name__)
+
+
+class PreferredChecker:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def _wait_change(self, seconds: float | None) -> bool:
+        """Wait up to `seconds` (None: forever) for an interval change; True if one came."""
+        event = self.agent.interval_changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+                event.clear()
+                return True
+        return False
+
+    async def run(self) -> None:
+        agent = self.agent
+        while True:
+            interval = agent.check_interval
+            if interval <= 0:
+                await self._wait_change(None)
+                continue
+            logger.debug("%s: checking the preferred server every %ds", agent.label, interval)
+            # a random phase, so that a fleet does not check in step
+            if await self._wait_change(agent.rng.uniform(0, interval)):
+                continue
+            while True:
+                started = time.monotonic()
+                await self.check_once()
+                spent = time.monotonic() - started
+                if await self._wait_change(max(interval - spent, 0)):
+                    break
+
+    async def check_once(self) -> bool:
+        agent = self.agent
+        current = agent.server
+        preferred = agent.host_list.preferred
+        if current is None or agent.endpoint(current) == agent.endpoint(preferred):
+            return False
+        return await agent.switch_to(preferred, "preferred server answers again")

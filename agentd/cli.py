@@ -1,0 +1,114 @@
+"""Entry point of `agentd`: `agentd run` and `agentd swarm`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from agentd.agent import Agent
+from agentd.config import AgentSettings
+from agentd.swarm import Swarm, SwarmSpec, load_agents, raise_open_file_limit
+from common.errors import PropertiesError, ValidationError
+from common.hostlist import parse_host_value
+from common.logs import log_config
+
+logger = logging.getLogger(__name__)
+
+
+class Rejected(click.ClickException):
+    exit_code = 2
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="more log output")
+def cli(verbose: int) -> None:
+    """The agent daemon: keeps a session to a management server of its list."""
+    log_config(verbose)
+
+
+@cli.command("run")
+@click.option(
+    "--properties",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the agent.properties file",
+)
+def run_command(path: Path) -> None:
+    """Run one agent until SIGTERM or SIGINT."""
+    try:
+        settings = AgentSettings.from_properties(path)
+    except PropertiesError as exc:
+        raise Rejected(str(exc)) from None
+    agent = Agent(settings)
+    logger.info("%s: starting (guid %s, list %s)", agent.label, settings.guid, settings.host_list)
+
+    async def main() -> None:
+        _on_signals(agent.stop)
+        await agent.run()
+
+    asyncio.run(main())
+
+
+@cli.command("swarm")
+@click.option("--count", required=True, type=click.IntRange(1, 100_000), help="how many agents")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="holds agent-NNNN/agent.properties",
+)
+@click.option("--host", default=None, metavar="LIST[@ALGO]", help="host= of new properties files")
+@click.option("--zone", default="default", show_default=True)
+@click.option("--cluster", default="", help="cluster of new properties files")
+@click.option("--type", "host_type", default="routing", show_default=True)
+@click.option("--check-interval", type=click.IntRange(0), default=None, help="agents' own override")
+def swarm_command(
+    count: int,
+    directory: Path,
+    host: str | None,
+    zone: str,
+    cluster: str,
+    host_type: str,
+    check_interval: int | None,
+) -> None:
+    """Run COUNT agents in this process until SIGTERM or SIGINT."""
+    if host is not None:
+        try:
+            parse_host_value(host)
+        except ValidationError as exc:
+            raise Rejected(f"--host: {exc}") from None
+    limit = raise_open_file_limit(count * 3 + 256)
+    spec = SwarmSpec(count, directory, host, zone, cluster, host_type, check_interval)
+    try:
+        agents = load_agents(spec)
+    except PropertiesError as exc:
+        raise Rejected(str(exc)) from None
+    logger.info("swarm: %d agents from %s (open-file limit %d)", count, directory, limit)
+    if count > 50:
+        # one line per agent event would drown the swarm's own summary
+        logging.getLogger("agentd.agent").setLevel(logging.WARNING)
+        logging.getLogger("agentd.failover").setLevel(logging.ERROR)
+
+    async def main() -> None:
+        swarm = Swarm(agents)
+        _on_signals(swarm.stop)
+        await swarm.run()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    cli(prog_name="agentd")

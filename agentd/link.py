@@ -1,0 +1,163 @@
+"""One TCP session from an agent to one management server.
+
+`Link.open` dials with a bounded timeout and completes a real startup (`startup` -> `ready`);
+`Link.run` then reads messages, answers pings, sends its own, and ends when the server goes
+away, is silent past ping.interval x ping.timeout, or the agent closes the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from common import protocol
+from common.addresses import Address
+from common.errors import LbError, ProtocolError
+from common.protocol import Ack, Error, Message, MsList, Ping, Pong, Ready, Startup
+
+logger = logging.getLogger(__name__)
+
+
+class ConnectFailedError(LbError):
+    """A server could not be reached or refused the startup."""
+
+    def __init__(self, address: Address, reason: str, retryable: bool = True) -> None:
+        super().__init__(f"{address}: {reason}")
+        self.address = address
+        self.retryable = retryable
+
+
+MsListHandler = Callable[["Link", MsList], Awaitable[None]]
+
+
+class Link:
+    def __init__(
+        self,
+        address: Address,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ready: Ready,
+        label: str,
+    ) -> None:
+        self.address = address
+        self.ready = ready
+        self.label = label
+        self._reader = reader
+        self._writer = writer
+        self._closed = asyncio.Event()
+        self._last_heard = time.monotonic()
+        self._ping_seq = 0
+
+    @classmethod
+    async def open(
+        cls,
+        address: Address,
+        default_port: int,
+        startup: Startup,
+        connect_timeout: float,
+        label: str,
+    ) -> Link:
+        """Dial and complete the startup within `connect_timeout` seconds."""
+        host, port = address.endpoint(default_port)
+        try:
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, limit=protocol.READER_LIMIT
+                )
+                try:
+                    writer.write(protocol.encode(startup))
+                    await writer.drain()
+                    reply = await protocol.read_message(reader)
+                except BaseException:
+                    writer.close()
+                    raise
+        except TimeoutError:
+            raise ConnectFailedError(address, f"no answer within {connect_timeout:g}s") from None
+        except OSError as exc:
+            raise ConnectFailedError(address, exc.strerror or str(exc)) from None
+        except ProtocolError as exc:
+            raise ConnectFailedError(address, f"bad reply: {exc.message}") from None
+        if isinstance(reply, Ready):
+            return cls(address, reader, writer, reply, label)
+        writer.close()
+        if isinstance(reply, Error):
+            raise ConnectFailedError(address, f"refused: {reply.message}", reply.retryable)
+        raise ConnectFailedError(address, f"unexpected reply {reply!r}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        try:
+            self._writer.write(protocol.encode(message))
+            await self._writer.drain()
+        except OSError as exc:
+            logger.info("%s: write to %s failed: %s", self.label, self.address, exc)
+            self.close()
+
+    async def ack(self, version: int) -> None:
+        await self.send(Ack(version))
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._writer.close()
+
+    async def run(self, on_ms_list: MsListHandler) -> str:
+        """Serve the session until it ends; returns why it ended."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                reading = group.create_task(self._read_loop(on_ms_list))
+                pinging = group.create_task(self._ping_loop())
+                closing = group.create_task(self._closed.wait())
+                done, _ = await asyncio.wait(
+                    {reading, pinging, closing}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in (reading, pinging, closing):
+                    task.cancel()
+            reason = next(iter(done)).result()
+            return reason if isinstance(reason, str) else "closed by the agent"
+        finally:
+            self.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+
+    async def _read_loop(self, on_ms_list: MsListHandler) -> str:
+        while True:
+            try:
+                message = await protocol.read_message(self._reader)
+            except ProtocolError as exc:
+                return f"bad message from server: {exc.message}"
+            except OSError as exc:
+                return f"connection lost: {exc.strerror or exc}"
+            if message is None:
+                return "server closed the connection"
+            self._last_heard = time.monotonic()
+            if isinstance(message, MsList):
+                await on_ms_list(self, message)
+            elif isinstance(message, Ping):
+                await self.send(Pong(message.seq))
+            elif isinstance(message, Error):
+                return f"server error {message.code}: {message.message}"
+            elif not isinstance(message, Pong):
+                logger.info("%s: ignoring %s from %s", self.label, message, self.address)
+
+    async def _ping_loop(self) -> str:
+        interval = max(self.ready.ping_interval, 1)
+        deadline = interval * max(self.ready.ping_timeout, 1)
+        while True:
+            await asyncio.sleep(interval)
+            silent = time.monotonic() - self._last_heard
+            if silent > deadline:
+                return f"server silent for {silent:.1f}s"
+            self._ping_seq += 1
+            await self.send(Ping(self._ping_seq))

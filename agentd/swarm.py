@@ -1,0 +1,111 @@
+"""`agentd swarm`: many agents in one process, each with its own agent.properties, running the
+same Agent class as `agentd run`. For labs and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentd import config
+from agentd.agent import Agent
+from agentd.config import AgentSettings
+from common.errors import PropertiesError
+from common.properties import AgentProperties
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_EVERY = 5.0  # seconds between summary lines
+PERSIST_THREADS = 16  # fsync releases the GIL: a pool overlaps the agents' file writes
+
+
+@dataclass(frozen=True)
+class SwarmSpec:
+    count: int
+    directory: Path
+    host: str | None = None
+    zone: str = config.DEFAULT_ZONE
+    cluster: str = ""
+    host_type: str = config.DEFAULT_TYPE
+    check_interval: int | None = None
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (capped by the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def prepare_properties(spec: SwarmSpec, index: int) -> Path:
+    """DIR/agent-NNNN/agent.properties, created from the swarm's options when missing."""
+    folder = spec.directory / f"agent-{index:04d}"
+    path = folder / "agent.properties"
+    if path.exists():
+        return path
+    if spec.host is None:
+        raise PropertiesError(f"{path}: missing, and no --host given to create it")
+    folder.mkdir(parents=True, exist_ok=True)
+    props = AgentProperties.empty(path)
+    props.set(config.NAME, f"{spec.directory.name}-{index:04d}")
+    props.set(config.HOST, spec.host)
+    props.set(config.ZONE, spec.zone)
+    props.set(config.TYPE, spec.host_type)
+    if spec.cluster:
+        props.set(config.CLUSTER, spec.cluster)
+    if spec.check_interval is not None:
+        props.set(config.CHECK_INTERVAL, str(spec.check_interval))
+    props.save()
+    return path
+
+
+def load_agents(spec: SwarmSpec) -> list[Agent]:
+    paths = [prepare_properties(spec, i) for i in range(1, spec.count + 1)]
+    return [Agent(AgentSettings.from_properties(p)) for p in paths]
+
+
+def summary(agents: list[Agent]) -> str:
+    per_server = collections.Counter(str(a.server) for a in agents if a.server is not None)
+    connected = sum(per_server.values())
+    spread = ", ".join(f"{s}={n}" for s, n in sorted(per_server.items())) or "-"
+    return f"swarm: {connected}/{len(agents)} agents connected ({spread})"
+
+
+class Swarm:
+    def __init__(self, agents: list[Agent]) -> None:
+        self.agents = agents
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for agent in self.agents:
+            agent.stop()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(PERSIST_THREADS))
+        async with asyncio.TaskGroup() as group:
+            for agent in self.agents:
+                group.create_task(agent.run(), name=agent.label)
+            group.create_task(self._report())
+        logger.info("%s", summary(self.agents))
+
+    async def _report(self) -> None:
+        last = ""
+        while not self._stopping.is_set():
+            line = summary(self.agents)
+            if line != last:
+                logger.info("%s", line)
+                last = line
+            try:
+                async with asyncio.timeout(SUMMARY_EVERY):
+                    await self._stopping.wait()
+            except TimeoutError:
+                continue
