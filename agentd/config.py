@@ -55,10 +55,13 @@ class AgentSettings:
         """Read the file; a missing guid is generated and persisted. Raises PropertiesError
         naming the file and line of a bad value."""
         props = AgentProperties.load(path)
-        if not props.get(GUID):
+        generated = not props.get(GUID)
+        if generated:
             props.set(GUID, str(uuid.uuid4()))
+        settings = cls._parse(props)  # a bad file raises here, before anything is written
+        if generated:
             props.save()
-        return cls._parse(props)
+        return settings
 
     @classmethod
     def _parse(cls, props: AgentProperties) -> AgentSettings:
