@@ -1,1 +1,1 @@
-"""msrv: the management server daemon."""
+"""The management server: agent sessions, host registry, per-agent lists, live propagation."""

@@ -1,0 +1,238 @@
+"""Host and management-server records in Redis: the field layout msrv writes and msctl reads.
+
+Host `ns:host:<id>` (hash): guid, name, type, zone, cluster, state, server, session, ms_list
+(CSV), algorithm, acked_version, check_interval, last_seen (Unix seconds). `ns:hosts:by_guid`
+maps guid -> id, `ns:hosts:next_id` counts ids (never reused), `ns:zone:<zone>:hosts` is the
+sorted set (score = id) of the zone's ranked hosts, `ns:zones` the set of zones.
+
+Server `ns:server:<id>` (hash): id, address, state, started, last_seen, agents; `ns:servers`
+the set of ids; `ns:server:<id>:alive` a key whose TTL the running server keeps refreshing.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from common import events
+from common.errors import LbError, ValidationError
+from common.keys import Keys
+
+# Host types that take part in a zone's roundrobin ranking.
+RANKED_TYPES = frozenset({"routing", "ssvm", "cpvm"})
+
+
+class HostState(enum.StrEnum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+class ServerState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DOWN = "down"  # never stored: a running server whose liveness key expired
+
+
+def _csv(items: tuple[str, ...]) -> str:
+    return ",".join(items)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(text.split(",")) if text else ()
+
+
+def _number(text: str | None, default: float = 0.0) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    return value if math.isfinite(value) else default
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    id: int
+    guid: str
+    name: str = ""
+    type: str = ""
+    zone: str = ""
+    cluster: str = ""
+    state: str = HostState.DISCONNECTED
+    server: str = ""
+    session: str = ""
+    ms_list: tuple[str, ...] = ()
+    algorithm: str | None = None
+    acked_version: int = 0
+    check_interval: int = 0
+    last_seen: float = 0.0
+
+    @property
+    def ranked(self) -> bool:
+        return self.type in RANKED_TYPES
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "guid": self.guid,
+            "name": self.name,
+            "type": self.type,
+            "zone": self.zone,
+            "cluster": self.cluster,
+            "state": str(self.state),
+            "server": self.server,
+            "session": self.session,
+            "ms_list": _csv(self.ms_list),
+            "algorithm": self.algorithm or "",
+            "acked_version": str(self.acked_version),
+            "check_interval": str(self.check_interval),
+            "last_seen": f"{self.last_seen:.3f}",
+        }
+
+    @classmethod
+    def from_hash(cls, host_id: int, fields: Mapping[str, str]) -> HostRecord:
+        return cls(
+            id=host_id,
+            guid=fields.get("guid", ""),
+            name=fields.get("name", ""),
+            type=fields.get("type", ""),
+            zone=fields.get("zone", ""),
+            cluster=fields.get("cluster", ""),
+            state=fields.get("state", HostState.DISCONNECTED),
+            server=fields.get("server", ""),
+            session=fields.get("session", ""),
+            ms_list=_split(fields.get("ms_list", "")),
+            algorithm=fields.get("algorithm") or None,
+            acked_version=int(_number(fields.get("acked_version"))),
+            check_interval=int(_number(fields.get("check_interval"))),
+            last_seen=_number(fields.get("last_seen")),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The `msctl hosts --json` shape."""
+        body = asdict(self)
+        for private in ("session", "acked_version"):
+            body.pop(private)
+        body["ms_list"] = list(self.ms_list)
+        return body
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    id: str
+    address: str = ""
+    state: str = ServerState.DOWN
+    agents: int = 0
+    started: float = 0.0
+    last_seen: float = 0.0
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "address": self.address,
+            "state": str(self.state),
+            "agents": str(self.agents),
+            "started": f"{self.started:.3f}",
+            "last_seen": f"{self.last_seen:.3f}",
+        }
+
+    @classmethod
+    def from_hash(cls, server_id: str, fields: Mapping[str, str], alive: bool) -> ServerRecord:
+        state = fields.get("state", ServerState.DOWN)
+        if state == ServerState.RUNNING and not alive:
+            state = ServerState.DOWN
+        return cls(
+            id=server_id,
+            address=fields.get("address", ""),
+            state=state,
+            agents=int(_number(fields.get("agents"))),
+            started=_number(fields.get("started")),
+            last_seen=_number(fields.get("last_seen")),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The `msctl servers --json` shape."""
+        return asdict(self)
+
+
+async def load_servers(redis: aioredis.Redis, keys: Keys) -> list[ServerRecord]:
+    ids = sorted(cast(set[str], await redis.smembers(keys.servers)))
+    async with redis.pipeline(transaction=False) as pipe:
+        for server_id in ids:
+            pipe.hgetall(keys.server(server_id))
+            pipe.exists(keys.server_alive(server_id))
+        replies = await pipe.execute()
+    return [
+        ServerRecord.from_hash(server_id, replies[2 * i], bool(replies[2 * i + 1]))
+        for i, server_id in enumerate(ids)
+        if replies[2 * i]
+    ]
+
+
+async def load_hosts(redis: aioredis.Redis, keys: Keys) -> list[HostRecord]:
+    """Every registered host by id. A host whose server is no longer alive shows disconnected."""
+    ids = sorted({int(v) for v in await redis.hvals(keys.host_ids_by_guid)})
+    async with redis.pipeline(transaction=False) as pipe:
+        for host_id in ids:
+            pipe.hgetall(keys.host(host_id))
+        replies = await pipe.execute()
+    hosts = [HostRecord.from_hash(i, r) for i, r in zip(ids, replies, strict=True) if r]
+    running = {s.id for s in await load_servers(redis, keys) if s.state == ServerState.RUNNING}
+    return [
+        h
+        if h.state != HostState.CONNECTED or h.server in running
+        # the server died without saying so: its agents are looking for another one
+        else replace(h, state=HostState.DISCONNECTED)
+        for h in hosts
+    ]
+
+
+class HostNotFoundError(ValidationError):
+    """No host has that id."""
+
+
+class HostBusyError(LbError):
+    """The host is connected; retire it once its agent is stopped."""
+
+
+# KEYS: host hash, guid map, liveness key of the host's server; ARGV: host id.
+# Returns the host's zone, whose sorted set the caller then updates (its name needs the zone).
+_REMOVE = """
+local fields = redis.call('HMGET', KEYS[1], 'guid', 'zone', 'state', 'server')
+if not fields[1] then return {'missing', ''} end
+if fields[3] == 'connected' and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {'busy', fields[4]}
+end
+if redis.call('HGET', KEYS[2], fields[1]) == ARGV[1] then redis.call('HDEL', KEYS[2], fields[1]) end
+redis.call('DEL', KEYS[1])
+return {'removed', fields[2]}
+"""
+
+
+async def remove_host(redis: aioredis.Redis, keys: Keys, host_id: int) -> HostRecord:
+    """Retire a host: its hash, its guid mapping and its zone membership go; the zone's
+    servers recompute (roundrobin ranks move). Its id is never handed out again."""
+    fields = cast(dict[str, str], await redis.hgetall(keys.host(host_id)))
+    if not fields:
+        raise HostNotFoundError(f"no host with id {host_id}")
+    record = HostRecord.from_hash(host_id, fields)
+    alive_key = keys.server_alive(record.server or "-")
+    script = redis.register_script(_REMOVE)
+    status, detail = await script(
+        keys=[keys.host(host_id), keys.host_ids_by_guid, alive_key], args=[host_id]
+    )
+    if status == "missing":
+        raise HostNotFoundError(f"no host with id {host_id}")
+    if status == "busy":
+        raise HostBusyError(
+            f"host {host_id} ({record.name}) is connected to server {detail}; "
+            "stop its agent first, then remove it"
+        )
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.zone_hosts(detail), host_id)
+        pipe.publish(keys.events, events.hosts_changed(detail))
+        await pipe.execute()
+    return record

@@ -1,0 +1,3 @@
+from msrv.cli import main
+
+main()

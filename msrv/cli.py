@@ -1,0 +1,74 @@
+"""Entry point of `msrv`: parse, set up logging, run the server."""
+
+from __future__ import annotations
+
+import click
+
+from common.errors import ValidationError
+from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL
+from common.logs import log_config
+from msrv import server
+from msrv.config import ServerSettings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """The management server of indirect agent load balancing."""
+
+
+@cli.command("serve")
+@click.option(
+    "--listen",
+    default="0.0.0.0:8250",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="address and port agents connect to",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    metavar="ADDR",
+    help="address of this server as listed in `host` (default: the listen address)",
+)
+@click.option(
+    "--id",
+    "server_id",
+    envvar="MSRV_ID",
+    default=None,
+    metavar="NAME",
+    help="this server's id in Redis and logs (default: the advertised address) [env MSRV_ID]",
+)
+@click.option(
+    "--redis-url",
+    envvar="MSRV_REDIS_URL",
+    default=DEFAULT_REDIS_URL,
+    show_default=True,
+    help="Redis holding settings and registry [env MSRV_REDIS_URL]",
+)
+@click.option(
+    "--namespace",
+    envvar="MSRV_NAMESPACE",
+    default=DEFAULT_NAMESPACE,
+    show_default=True,
+    help="prefix of every key and channel [env MSRV_NAMESPACE]",
+)
+@click.option("-v", "--verbose", count=True, help="more log output")
+def serve(
+    listen: str,
+    advertise: str | None,
+    server_id: str | None,
+    redis_url: str,
+    namespace: str,
+    verbose: int,
+) -> None:
+    """Serve agents: registry, per-agent lists, live propagation of settings."""
+    try:
+        settings = ServerSettings.build(listen, advertise, server_id, redis_url, namespace)
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from None
+    log_config(verbose)
+    server.run(settings)
+
+
+def main() -> None:
+    cli(prog_name="msrv")

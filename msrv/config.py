@@ -1,0 +1,57 @@
+"""The server's own settings: one frozen value built at the entry point and passed down."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from common.addresses import parse_address
+from common.errors import ValidationError
+from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, check_namespace
+
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen_host: str
+    listen_port: int
+    advertise: str
+    server_id: str
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = DEFAULT_NAMESPACE
+    liveness_ttl: float = 10.0  # seconds the liveness key lives without a refresh
+    refresh_interval: float = 2.0  # liveness refresh and settings-version poll
+    reassert_interval: float = 5.0  # re-write the records of the hosts this server serves
+    shutdown_timeout: float = 5.0
+    send_buffer_limit: int = 1 << 20  # an agent that reads slower than this is dropped
+
+    @classmethod
+    def build(
+        cls,
+        listen: str,
+        advertise: str | None = None,
+        server_id: str | None = None,
+        redis_url: str = DEFAULT_REDIS_URL,
+        namespace: str = DEFAULT_NAMESPACE,
+    ) -> ServerSettings:
+        """Validate the command line; the advertised address defaults to the listen one."""
+        address = parse_address(listen)
+        if address.port is None:
+            raise ValidationError(f"--listen {listen!r}: give HOST:PORT")
+        if advertise is None:
+            host = socket.getfqdn() if address.host in WILDCARDS else address.host
+            advertise = str(type(address)(host, address.port))
+        else:
+            advertise = str(parse_address(advertise))
+        server_id = server_id or advertise
+        if not server_id or any(c.isspace() for c in server_id):
+            raise ValidationError(f"--id {server_id!r}: give a name without spaces")
+        return cls(
+            listen_host=address.host,
+            listen_port=address.port,
+            advertise=advertise,
+            server_id=server_id,
+            redis_url=redis_url,
+            namespace=check_namespace(namespace),
+        )

@@ -1,0 +1,204 @@
+"""The daemon's lifecycle: `run()` -> `asyncio.run(serve())` = startup, main loop, shutdown.
+
+Signal handlers only set a flag. Shutdown: stop accepting, mark this server's hosts
+disconnected, close the sessions (agents fail over), deregister, exit 0. Every task is owned
+by a TaskGroup or by the set of connection tasks, which is cancelled after a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.connection import redis_from_url
+from common.events import EventType
+from common.keys import Keys
+from common.protocol import READER_LIMIT, Error, ErrorCode
+from msrv.balancer import Balancer
+from msrv.config import ServerSettings
+from msrv.registry import HostRegistry, ServerRegistry, Write
+from msrv.sessions import Hub, Session
+from msrv.subscriber import Subscriber, retry_policy
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        # One immediate reconnect per command: a stale pooled socket after a Redis restart is
+        # replaced at once; a Redis that is down fails fast instead of hiding behind sleeps.
+        self.redis: aioredis.Redis = redis_from_url(settings.redis_url, retries=1)
+        self.events_redis: aioredis.Redis = redis_from_url(settings.redis_url, retries=0)
+        balancer = Balancer(self.redis, self.keys, settings.advertise)
+        self.hub = Hub(settings, HostRegistry(self.redis, self.keys), balancer)
+        self.servers = ServerRegistry(
+            self.redis, self.keys, settings.server_id, settings.advertise, settings.liveness_ttl
+        )
+        self.should_exit = asyncio.Event()
+        self.connections: dict[asyncio.Task[Any], Session] = {}
+
+    @property
+    def name(self) -> str:
+        return self.settings.server_id
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        try:
+            await self._startup()
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(self.hub.balancer.run()),
+                    tasks.create_task(self._subscriber().run()),
+                    tasks.create_task(self._housekeeping()),
+                ]
+                listener = await asyncio.start_server(
+                    self._handle,
+                    self.settings.listen_host,
+                    self.settings.listen_port,
+                    limit=READER_LIMIT,
+                )
+                logger.info(
+                    "msrv %s listening on %s:%d (advertised as %s)",
+                    self.name,
+                    self.settings.listen_host,
+                    self.settings.listen_port,
+                    self.settings.advertise,
+                )
+                await self.should_exit.wait()
+                await self._shutdown(listener)
+                for task in background:
+                    task.cancel()
+        finally:
+            await self.redis.aclose()
+            await self.events_redis.aclose()
+        logger.info("msrv %s stopped", self.name)
+
+    async def _startup(self) -> None:
+        """Wait for Redis (backing off), load the settings, register this server."""
+        async for attempt in retry_policy(f"{self.name} startup", cap=5.0):
+            with attempt:
+                await self.hub.balancer.load()
+                await self.servers.register()
+
+    def _subscriber(self) -> Subscriber:
+        return Subscriber(
+            self.events_redis,
+            self.keys,
+            self.name,
+            on_event=self._on_event,
+            on_connected=self._resync,
+            on_lost=self._on_lost,
+        )
+
+    # -- connections ------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or self.should_exit.is_set():
+            writer.close()
+            return
+        session = self.connections[task] = Session(self.hub, reader, writer)
+        try:
+            await session.run()
+        finally:
+            del self.connections[task]
+
+    # -- events and Redis outages -----------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == EventType.CONFIG_CHANGED:
+            self.hub.balancer.request_settings(trusted=True)
+        elif kind == EventType.HOSTS_CHANGED and isinstance(event.get("zone"), str):
+            self.hub.balancer.request_zone(event["zone"])
+        else:
+            logger.debug("%s: event %s not for servers", self.name, kind)
+
+    def _on_lost(self) -> None:
+        if self.hub.available:
+            logger.error(
+                "%s: Redis unreachable; keeping %d sessions on the last-known settings, "
+                "refusing new agents until it is back",
+                self.name,
+                len(self.hub.sessions),
+            )
+        self.hub.available = False
+
+    async def _resync(self) -> None:
+        """After (re)subscribing: settings, lists, then the hosts this server serves."""
+        balancer = self.hub.balancer
+        if not await balancer.apply_settings(trusted=False):
+            await balancer.recompute_all()  # zone events may have been missed
+        await self._reassert()
+        await self.servers.refresh(len(self.hub.sessions))
+        if not self.hub.available:
+            logger.info("%s: Redis is back; resynchronised", self.name)
+        self.hub.available = True
+
+    async def _reassert(self) -> None:
+        sessions = [s for s in self.hub.sessions.values() if s.record is not None]
+        records = [s.record for s in sessions if s.record is not None]
+        results = await self.hub.registry.reassert(records)
+        for session, result in zip(sessions, results, strict=True):
+            if result == Write.SUPERSEDED:
+                logger.info("%s superseded by a newer session elsewhere", session)
+                session.supersede()
+
+    async def _housekeeping(self) -> None:
+        """Fixed-rate: liveness key, settings-version poll, periodic re-assert."""
+        period = self.settings.refresh_interval
+        last_reassert = time.monotonic()
+        while True:
+            started = time.monotonic()
+            try:
+                await self.servers.refresh(len(self.hub.sessions))
+                if await self.hub.balancer.store.version() != self.hub.balancer.snapshot.version:
+                    self.hub.balancer.request_settings(trusted=False)
+                if started - last_reassert >= self.settings.reassert_interval:
+                    last_reassert = started
+                    await self._reassert()
+            except RedisError as exc:
+                logger.debug("%s: housekeeping skipped: %s", self.name, exc)
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    async def _shutdown(self, listener: asyncio.Server) -> None:
+        logger.info("%s: shutting down (%d sessions)", self.name, len(self.hub.sessions))
+        listener.close()
+        self.hub.stopping = True
+        sessions = list(self.connections.values())
+        records = [s.record for s in sessions if s.record is not None and not s.superseded]
+        with contextlib.suppress(RedisError):
+            await self.hub.registry.disconnect(records)
+        for session in sessions:
+            session.send(Error(ErrorCode.SHUTTING_DOWN, "server is stopping", retryable=True))
+            session.writer.close()
+        await self._drain_connections()
+        with contextlib.suppress(RedisError):
+            await self.servers.deregister()
+
+    async def _drain_connections(self) -> None:
+        pending = set(self.connections)
+        if not pending:
+            return
+        _, pending = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+def run(settings: ServerSettings) -> None:
+    asyncio.run(Server(settings).serve())

@@ -1,0 +1,124 @@
+"""The events channel: hints that settings or a zone changed, and the resync after an outage.
+
+Pub/sub loses what is published while the subscriber is away, so every (re)connection first
+subscribes and then calls `on_connected`, which re-reads the keys (the truth). A lost
+connection calls `on_lost` and reconnects with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from common.errors import ProtocolError
+from common.events import EventType, decode_event
+from common.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "Redis is not there (yet)": retried. Anything else is a bug and crashes.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def retry_policy(what: str, *, initial: float = 0.1, cap: float = 2.0) -> AsyncRetrying:
+    """Retry Redis connection errors forever, backing off exponentially (capped, jittered)."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log = logger.warning if state.attempt_number in (1, 10) else logger.debug
+        log(
+            "%s: Redis unreachable (%s); attempt %d, retrying in %.2fs",
+            what,
+            error,
+            state.attempt_number,
+            delay,
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(CONNECTION_ERRORS),
+        wait=wait_exponential_jitter(initial=initial, max=cap, jitter=initial),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+class Subscriber:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        name: str,
+        *,
+        on_event: Callable[[dict[str, Any]], None],
+        on_connected: Callable[[], Awaitable[None]],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.redis = redis  # a client of its own, with redis-py's hidden retries off
+        self.keys = keys
+        self.name = name
+        self.on_event = on_event
+        self.on_connected = on_connected
+        self.on_lost = on_lost
+
+    async def run(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                async for attempt in retry_policy(f"{self.name} events"):
+                    with attempt:
+                        await self._connect(pubsub)
+                await self._listen(pubsub)
+            except CONNECTION_ERRORS as exc:
+                logger.warning("%s: lost Redis (%s); reconnecting", self.name, exc)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _connect(self, pubsub: PubSub) -> None:
+        """Subscribe first, then resync: nothing published meanwhile can be missed."""
+        try:
+            await pubsub.subscribe(self.keys.events)
+            await self.on_connected()
+        except CONNECTION_ERRORS:
+            self.on_lost()
+            await pubsub.reset()
+            raise
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None and message.get("type") == "message":
+                    self._dispatch(message["data"])
+        except CONNECTION_ERRORS:
+            self.on_lost()
+            raise
+
+    def _dispatch(self, data: str) -> None:
+        try:
+            event = decode_event(data)
+        except ProtocolError as exc:
+            logger.warning("%s: ignored a bad event: %s", self.name, exc.message)
+            return
+        if event["type"] not in {str(t) for t in EventType}:
+            logger.warning("%s: ignored an event of unknown type %r", self.name, event["type"])
+            return
+        self.on_event(event)
