@@ -21,7 +21,7 @@ from common.protocol import MsList, Startup
 
 logger = logging.getLogger(__name__)
 
-MIGRATION_MAX_DELAY = 3.0  # seconds; spreads a fleet's moves when its server leaves the list
+MOVE_MAX_DELAY = 2.0  # seconds; spreads a fleet's moves to the first entry of a new list
 
 
 class Agent:
@@ -153,7 +153,7 @@ class Agent:
             try:
                 new = await self.open_link(address)
             except ConnectFailedError as exc:
-                logger.info("%s: %s not taken: %s", self.label, why, exc)
+                logger.debug("%s: %s not taken: %s", self.label, why, exc)
                 return False
             if not self._adopt(new, replacing=old):
                 return False
@@ -190,16 +190,28 @@ class Agent:
         self._set_server_interval(message.check_interval)
         await link.ack(message.version)
         logger.info("%s: persisted host=%s (version %d)", self.label, value, message.version)
-        on_list = {self.endpoint(a) for a in new_list.addresses}
         current = self.server
-        if current is not None and self.endpoint(current) not in on_list:
+        if current is not None and self.endpoint(current) != self.endpoint(new_list.preferred):
             if self._migration is not None:
                 self._migration.cancel()
-            self._migration = self._spawn(self._migrate(), "migration")
+            self._migration = self._spawn(self._move_to_preferred(), "move")
 
-    async def _migrate(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0, MIGRATION_MAX_DELAY))
-        for address in self.host_list.addresses:
-            if await self.switch_to(address, "current server left the list"):
+    async def _move_to_preferred(self) -> None:
+        """After a new list: go to its first entry, make-before-break, after a random delay that
+        spreads a fleet's moves. A server that is no longer listed is left for the first entry
+        that answers; one that is still listed is kept when the first entry does not answer."""
+        await asyncio.sleep(self.rng.uniform(0, MOVE_MAX_DELAY))
+        current = self.server
+        if current is None:
+            return  # the session loop is already connecting, in the new list's order
+        listed = {self.endpoint(a) for a in self.host_list.addresses}
+        candidates = self.host_list.addresses
+        if self.endpoint(current) in listed:
+            candidates = candidates[:1]
+        for address in candidates:
+            if self.endpoint(address) == self.endpoint(current):
                 return
-        logger.warning("%s: no server of the new list answered; staying", self.label)
+            if await self.switch_to(address, "new list"):
+                return
+        if self.endpoint(current) not in listed:
+            logger.warning("%s: no server of the new list answered; staying", self.label)

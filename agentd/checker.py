@@ -32,12 +32,15 @@ class PreferredChecker:
 
     async def run(self) -> None:
         agent = self.agent
+        logged = 0
         while True:
             interval = agent.check_interval
+            if interval != logged:
+                logger.info("%s: check interval now %ds", agent.label, interval)
+                logged = interval
             if interval <= 0:
                 await self._wait_change(None)
                 continue
-            logger.debug("%s: checking the preferred server every %ds", agent.label, interval)
             # a random phase, so that a fleet does not check in step
             if await self._wait_change(agent.rng.uniform(0, interval)):
                 continue

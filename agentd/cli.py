@@ -14,7 +14,7 @@ from agentd.agent import Agent
 from agentd.config import AgentSettings
 from agentd.swarm import Swarm, SwarmSpec, load_agents, raise_open_file_limit
 from common.errors import PropertiesError, ValidationError
-from common.hostlist import parse_host_value
+from common.hostlist import format_host_value, parse_host_value
 from common.logs import log_config
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,12 @@ def run_command(path: Path) -> None:
     except PropertiesError as exc:
         raise Rejected(str(exc)) from None
     agent = Agent(settings)
-    logger.info("%s: starting (guid %s, list %s)", agent.label, settings.guid, settings.host_list)
+    logger.info(
+        "%s: starting (guid %s, host=%s)",
+        agent.label,
+        settings.guid,
+        format_host_value(settings.host_list),
+    )
 
     async def main() -> None:
         _on_signals(agent.stop)

@@ -30,7 +30,13 @@ def test_defaults_and_values(tmp_path):
     s = AgentSettings.from_properties(path)
     assert s.host_list.entries == ["ms1:9000", "ms2"]
     assert s.host_list.algorithm is None
-    assert (s.port, s.name, s.host_type, s.zone, s.cluster) == (8251, "hv1", "ssvm", "default", "c7")
+    assert (s.port, s.name, s.host_type, s.zone, s.cluster) == (
+        8251,
+        "hv1",
+        "ssvm",
+        "default",
+        "c7",
+    )
     assert (s.check_interval, s.connect_timeout) == (15, 1.5)
     plain = AgentSettings.from_properties(write(tmp_path, "guid=g\nhost=a\n"))
     assert (plain.port, plain.check_interval, plain.host_type) == (8250, None, "routing")
