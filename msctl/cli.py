@@ -6,7 +6,10 @@ import click
 
 from common.logs import log_config
 from msctl.config_cmd import config_group
+from msctl.hosts_cmd import hosts_group
 from msctl.lab_cmd import lab_group
+from msctl.servers_cmd import servers_command
+from msctl.status_cmd import status_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +21,9 @@ def cli(verbose: int) -> None:
 
 cli.add_command(config_group)
 cli.add_command(lab_group)
+cli.add_command(hosts_group)
+cli.add_command(servers_command)
+cli.add_command(status_command)
 
 
 def main() -> None:

@@ -41,6 +41,9 @@ from msrv.registry import HostRegistry, Write
 
 logger = logging.getLogger(__name__)
 
+LINGER = 2.0  # seconds to wait for the agent to read an error before closing
+READ_CHUNK = 64 * 1024
+
 
 class Refused(Exception):
     """End the session with an `error` message."""
@@ -138,10 +141,10 @@ class Session:
             await self._loop()
         except ProtocolError as exc:
             logger.warning("%s: %s; closing", self, exc.message)
-            self.send(Error(exc.code, exc.message))
+            await self._last_word(Error(exc.code, exc.message))
         except Refused as exc:
             logger.info("%s refused: %s", self, exc)
-            self.send(exc.error)
+            await self._last_word(exc.error)
         except TimeoutError:
             logger.warning("%s silent for %.0fs; disconnected", self, self.hub.silence_limit())
         except (ConnectionError, OSError) as exc:
@@ -165,6 +168,18 @@ class Session:
                 continue
             await handler(message)
             await self.writer.drain()
+
+    async def _last_word(self, error: Error) -> None:
+        """Send `error`, half-close, and discard what the agent still sends for a moment: a
+        close with unread input would reset the connection and could lose the error."""
+        self.send(error)
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            await self.writer.drain()
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            async with asyncio.timeout(LINGER):
+                while await self.reader.read(READ_CHUNK):
+                    pass
 
     async def _close(self) -> None:
         record = self.record

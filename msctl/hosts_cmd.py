@@ -1,0 +1,80 @@
+"""`msctl hosts [--json]` and `msctl hosts remove ID`: the registered agents."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import redis.asyncio as aioredis
+
+from common.errors import ValidationError
+from common.records import HostBusyError, HostRecord, load_hosts, remove_host
+from msctl.options import CliConfig, connection_options, run_async
+from msctl.tables import format_age, format_table
+
+
+@click.group("hosts", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list")
+@connection_options
+@click.pass_context
+def hosts_group(ctx: click.Context, cli: CliConfig, as_json: bool) -> None:
+    """List the registered hosts (agents), their server and the list each one holds."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def work(redis: aioredis.Redis) -> list[HostRecord]:
+        return await load_hosts(redis, cli.keys)
+
+    hosts = run_async(cli, work)
+    if as_json:
+        click.echo(json.dumps([h.as_json() for h in hosts], indent=2))
+    elif not hosts:
+        click.echo("no hosts registered")
+    else:
+        click.echo(format_table(_rows(hosts, time.time())))
+
+
+def _rows(hosts: list[HostRecord], now: float) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        ("ID", "NAME", "TYPE", "ZONE", "CLUSTER", "STATE", "SERVER", "LIST", "CHECK", "SEEN")
+    ]
+    for h in hosts:
+        held = ",".join(h.ms_list) or "-"
+        if h.algorithm:
+            held = f"{held}@{h.algorithm}"
+        rows.append(
+            (
+                str(h.id),
+                h.name,
+                h.type,
+                h.zone,
+                h.cluster or "-",
+                str(h.state),
+                h.server or "-",
+                held,
+                f"{h.check_interval}s",
+                format_age(h.last_seen, now),
+            )
+        )
+    return rows
+
+
+@hosts_group.command("remove")
+@click.argument("host_id", metavar="ID", type=click.IntRange(min=1))
+@connection_options
+def hosts_remove(cli: CliConfig, host_id: int) -> None:
+    """Retire host ID: its record, guid and zone membership go; its zone is recomputed.
+
+    A connected host is refused: stop its agent first. Its id is never reused; the agent,
+    if started again, registers as a new host.
+    """
+
+    async def work(redis: aioredis.Redis) -> HostRecord:
+        try:
+            return await remove_host(redis, cli.keys, host_id)
+        except HostBusyError as exc:
+            raise ValidationError(str(exc)) from None
+
+    removed = run_async(cli, work)
+    click.echo(f"host {removed.id} ({removed.name}, zone {removed.zone}) removed")

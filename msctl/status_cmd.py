@@ -1,0 +1,111 @@
+"""`msctl status`: the settings in force, the servers, the hosts, and what needs attention."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import click
+import redis.asyncio as aioredis
+
+from common import algorithms
+from common.configstore import ConfigSnapshot, ConfigStore
+from common.errors import UnknownAlgorithmError
+from common.records import HostRecord, HostState, ServerRecord, load_hosts, load_servers
+from msctl.options import CliConfig, connection_options, run_async
+from msctl.tables import format_table
+
+
+@dataclass(frozen=True)
+class Fleet:
+    snapshot: ConfigSnapshot
+    servers: list[ServerRecord]
+    hosts: list[HostRecord]
+
+
+def stale_hosts(snapshot: ConfigSnapshot, hosts: list[HostRecord]) -> list[HostRecord]:
+    """Connected hosts whose acknowledged list is not the one their server should push."""
+    ranked: dict[str, list[int]] = defaultdict(list)
+    for host in hosts:
+        if host.ranked:
+            ranked[host.zone].append(host.id)  # hosts come sorted by id
+    stale = []
+    for host in hosts:
+        settings = snapshot.effective(host.cluster)
+        if host.state != HostState.CONNECTED or settings.host is None:
+            continue
+        try:
+            algorithm = algorithms.get(settings.algorithm)
+        except UnknownAlgorithmError:
+            continue
+        expected = algorithm.sort(settings.host, ranked[host.zone], host.id)
+        current = algorithms.is_current(settings.algorithm, expected, host.algorithm, host.ms_list)
+        if not current or host.check_interval != settings.check_interval:
+            stale.append(host)
+    return stale
+
+
+def _warnings(fleet: Fleet) -> list[str]:
+    settings = fleet.snapshot.effective()
+    warnings = []
+    if settings.host is None:
+        warnings.append(
+            "`host` is not set: servers push no list and agents keep theirs; "
+            "set it with `msctl config set host A,B,C`"
+        )
+    if not any(s.state == "running" for s in fleet.servers):
+        warnings.append("no management server is running")
+    down = [s.id for s in fleet.servers if s.state == "down"]
+    if down:
+        warnings.append(f"servers down (no liveness refresh): {', '.join(down)}")
+    stale = stale_hosts(fleet.snapshot, fleet.hosts)
+    if stale:
+        ids = ", ".join(str(h.id) for h in stale[:10]) + (", ..." if len(stale) > 10 else "")
+        warnings.append(f"{len(stale)} connected hosts have not acknowledged their list: {ids}")
+    return warnings
+
+
+def _summary(fleet: Fleet) -> list[tuple[str, str]]:
+    settings = fleet.snapshot.effective()
+    overrides = sorted(
+        f"{cluster}={values[name]}s"
+        for cluster, values in fleet.snapshot.cluster_values.items()
+        for name in values
+        if name == "indirect.agent.lb.check.interval"
+    )
+    check = f"{settings.check_interval}s"
+    if overrides:
+        check += f" (overrides: {', '.join(overrides)})"
+    servers = Counter(str(s.state) for s in fleet.servers)
+    hosts = Counter(str(h.state) for h in fleet.hosts)
+    return [
+        ("config version", str(fleet.snapshot.version)),
+        ("host", ",".join(settings.host) if settings.host else "(not set)"),
+        ("algorithm", settings.algorithm),
+        ("check interval", check),
+        ("ping", f"every {settings.ping_interval}s, timeout {settings.ping_timeout} intervals"),
+        ("servers", _counts(servers, len(fleet.servers))),
+        ("hosts", _counts(hosts, len(fleet.hosts))),
+        ("zones", str(len({h.zone for h in fleet.hosts}))),
+    ]
+
+
+def _counts(counter: Counter[str], total: int) -> str:
+    parts = [f"{n} {state}" for state, n in sorted(counter.items())]
+    return f"{total} ({', '.join(parts)})" if parts else "0"
+
+
+@click.command("status")
+@connection_options
+def status_command(cli: CliConfig) -> None:
+    """Summarise settings, servers and hosts; warn about what needs attention."""
+
+    async def work(redis: aioredis.Redis) -> Fleet:
+        snapshot = await ConfigStore(redis, cli.keys).snapshot()
+        servers = await load_servers(redis, cli.keys)
+        return Fleet(snapshot, servers, await load_hosts(redis, cli.keys))
+
+    fleet = run_async(cli, work)
+    click.echo(format_table([("WHAT", "VALUE"), *_summary(fleet)]))
+    for warning in _warnings(fleet):
+        click.echo(f"warning: {warning}")

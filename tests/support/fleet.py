@@ -1,0 +1,97 @@
+"""A test fleet: settings in Redis, real `msrv serve` processes, protocol clients.
+
+Used inside `asyncio.run` (the suite has no async plugin): `async with fleet(...) as f:`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from click.testing import CliRunner, Result
+
+from common.configstore import ConfigStore
+from common.connection import redis_from_url
+from common.keys import Keys
+from common.records import HostRecord, load_hosts
+from tests.support.msrv_process import MsrvProcess, run_servers
+from tests.support.wire_client import WireClient
+
+
+@dataclass
+class Fleet:
+    redis: aioredis.Redis
+    redis_url: str
+    namespace: str
+    servers: list[MsrvProcess]
+    clients: list[WireClient] = field(default_factory=list)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
+
+    @property
+    def store(self) -> ConfigStore:
+        return ConfigStore(self.redis, self.keys)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [s.address for s in self.servers]
+
+    async def set(self, name: str, value: str, cluster: str | None = None) -> int:
+        change = await self.store.set(name, value, cluster)
+        assert change.changed
+        return change.version
+
+    async def connect(self, server: int = 0, **options: bool) -> WireClient:
+        client = await WireClient.connect("127.0.0.1", self.servers[server].port, **options)
+        self.clients.append(client)
+        return client
+
+    async def hosts(self) -> list[HostRecord]:
+        return await load_hosts(self.redis, self.keys)
+
+    async def msctl(self, *args: str) -> Result:
+        """Run msctl in a thread (it runs its own event loop)."""
+        from msctl.cli import cli
+
+        argv = [*args, "--redis-url", self.redis_url, "--namespace", self.namespace]
+        return await asyncio.to_thread(CliRunner().invoke, cli, argv)
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    redis_url: str,
+    namespace: str,
+    *,
+    servers: int = 3,
+    settings: Iterable[tuple[str, str]] = (),
+    verbose: bool = False,
+) -> AsyncIterator[Fleet]:
+    redis = redis_from_url(redis_url)
+    store = ConfigStore(redis, Keys(namespace))
+    for name, value in settings:
+        await store.set(name, value)
+    try:
+        async with run_servers(servers, redis_url, namespace, verbose=verbose) as processes:
+            f = Fleet(redis, redis_url, namespace, processes)
+            try:
+                yield f
+            finally:
+                await asyncio.gather(*(c.close() for c in f.clients))
+    finally:
+        await redis.aclose()
+
+
+async def gather_limited(coroutines: Iterable[object], limit: int = 100) -> list[object]:
+    """Run awaitables at most `limit` at a time (many connects at once overflow the backlog)."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(coroutine: object) -> object:
+        async with semaphore:
+            return await coroutine  # type: ignore[misc]
+
+    return await asyncio.gather(*(one(c) for c in coroutines))
