@@ -80,6 +80,13 @@ def run_command(path: Path) -> None:
 @click.option("--cluster", default="", help="cluster of new properties files")
 @click.option("--type", "host_type", default="routing", show_default=True)
 @click.option("--check-interval", type=click.IntRange(0), default=None, help="agents' own override")
+@click.option(
+    "--property",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="another key for new properties files (repeatable), e.g. failover.backoff.max=2",
+)
 def swarm_command(
     count: int,
     directory: Path,
@@ -88,15 +95,22 @@ def swarm_command(
     cluster: str,
     host_type: str,
     check_interval: int | None,
+    extra: tuple[str, ...],
 ) -> None:
     """Run COUNT agents in this process until SIGTERM or SIGINT."""
+    pairs = []
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise Rejected(f"--property {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), value.strip()))
     if host is not None:
         try:
             parse_host_value(host)
         except ValidationError as exc:
             raise Rejected(f"--host: {exc}") from None
     limit = raise_open_file_limit(count * 3 + 256)
-    spec = SwarmSpec(count, directory, host, zone, cluster, host_type, check_interval)
+    spec = SwarmSpec(count, directory, host, zone, cluster, host_type, check_interval, tuple(pairs))
     try:
         agents = load_agents(spec)
     except PropertiesError as exc:

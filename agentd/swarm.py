@@ -19,7 +19,7 @@ from common.properties import AgentProperties
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_EVERY = 5.0  # seconds between summary lines
+SUMMARY_EVERY = 1.0  # seconds between summary lines (written only when something changed)
 PERSIST_THREADS = 16  # fsync releases the GIL: a pool overlaps the agents' file writes
 
 
@@ -32,6 +32,7 @@ class SwarmSpec:
     cluster: str = ""
     host_type: str = config.DEFAULT_TYPE
     check_interval: int | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # more keys for new files
 
 
 def raise_open_file_limit(wanted: int) -> int:
@@ -62,6 +63,8 @@ def prepare_properties(spec: SwarmSpec, index: int) -> Path:
         props.set(config.CLUSTER, spec.cluster)
     if spec.check_interval is not None:
         props.set(config.CHECK_INTERVAL, str(spec.check_interval))
+    for key, value in spec.extra:
+        props.set(key, value)
     props.save()
     return path
 

@@ -38,3 +38,14 @@ async def start_agent(folder: Path, name: str, host: str, **extra: str) -> Agent
     agent = AgentProcess(write_properties(folder, name, host, **extra), name)
     await agent.start(ready=rf"agent {re.escape(name)}: connected to")
     return agent
+
+
+class SwarmProcess(LoggedProcess):
+    def __init__(self, directory: Path, count: int, host: str, *extra: str) -> None:
+        args = ["-m", "agentd", "swarm", "--count", str(count), "--dir", str(directory)]
+        super().__init__(f"swarm {directory.name}", [*args, "--host", host, *extra])
+        self.directory = directory
+        self.size = count
+
+    def properties(self) -> list[Path]:
+        return sorted(self.directory.glob("agent-*/agent.properties"))
