@@ -11,7 +11,7 @@ from pathlib import Path
 from common.addresses import DEFAULT_PORT
 from common.errors import PropertiesError, ValidationError
 from common.hostlist import HostList, parse_host_value
-from common.properties import AgentProperties
+from common.properties import AgentProperties, remove_stale_temp_files
 
 # Keys of agent.properties this daemon reads; every other key is kept untouched.
 HOST = "host"
@@ -55,6 +55,7 @@ class AgentSettings:
         """Read the file; a missing guid is generated and persisted. Raises PropertiesError
         naming the file and line of a bad value."""
         props = AgentProperties.load(path)
+        remove_stale_temp_files(props.path)
         generated = not props.get(GUID)
         if generated:
             props.set(GUID, str(uuid.uuid4()))

@@ -44,6 +44,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove temporary files an interrupted `atomic_write` of `path` left behind."""
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed.append(stale)
+    return removed
+
+
 class AgentProperties:
     """An agent.properties file held in memory; `save()` writes it back atomically."""
 
