@@ -46,6 +46,10 @@ class Fleet:
         assert change.changed
         return change.version
 
+    async def forget_connections(self) -> None:
+        """Drop pooled Redis connections (after a test restarted Redis), as a new msctl would."""
+        await self.redis.connection_pool.disconnect()
+
     async def connect(self, server: int = 0, **options: bool) -> WireClient:
         client = await WireClient.connect("127.0.0.1", self.servers[server].port, **options)
         self.clients.append(client)
@@ -82,6 +86,8 @@ async def fleet(
                 yield f
             finally:
                 await asyncio.gather(*(c.close() for c in f.clients))
+            for server in processes:  # a server must never log an unhandled exception
+                assert not any("Traceback" in line for line in server.lines), server.tail(60)
     finally:
         await redis.aclose()
 

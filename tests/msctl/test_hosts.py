@@ -1,0 +1,194 @@
+"""`msctl hosts`, `hosts remove`, `servers` and `status` against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from common.configstore import ConfigStore
+from common.connection import redis_from_url
+from common.keys import Keys
+from common.records import HostRecord, HostState
+from msctl.cli import cli
+from msrv.registry import HostRegistry, ServerRegistry
+
+HOST_FIELDS = {
+    "id", "guid", "name", "type", "zone", "cluster", "state", "server", "ms_list",
+    "algorithm", "check_interval", "last_seen",
+}  # fmt: skip
+SERVER_FIELDS = {"id", "address", "state", "agents", "started", "last_seen"}
+
+
+def msctl(redis_url: str, namespace: str, *args: str) -> Result:
+    return CliRunner().invoke(cli, [*args, "--redis-url", redis_url, "--namespace", namespace])
+
+
+def in_redis(redis_url: str, namespace: str, work: Callable[[Any, Keys], Awaitable[None]]) -> None:
+    async def main() -> None:
+        redis = redis_from_url(redis_url)
+        try:
+            await work(redis, Keys(namespace))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def fleet(redis_url: str, namespace: str) -> None:
+    """Server ms1 running with hosts 1 (connected) and 2 (disconnected); ms2 stopped."""
+
+    async def work(redis: Any, keys: Keys) -> None:
+        await ConfigStore(redis, keys).set("host", "a,b")
+        ms1 = ServerRegistry(redis, keys, "ms1", "10.0.0.1:8250", ttl=60)
+        await ms1.register()
+        await ms1.refresh(agents=1)
+        ms2 = ServerRegistry(redis, keys, "ms2", "10.0.0.2:8250", ttl=60)
+        await ms2.register()
+        await ms2.deregister()
+        registry = HostRegistry(redis, keys)
+        for name, state in (("kvm1", HostState.CONNECTED), ("kvm2", HostState.DISCONNECTED)):
+            host_id = await registry.host_id(f"guid-{name}")
+            await registry.claim(
+                HostRecord(
+                    host_id,
+                    f"guid-{name}",
+                    name,
+                    "routing",
+                    "z1",
+                    "c1",
+                    state,
+                    "ms1",
+                    "tok",
+                    ("a", "b"),
+                    "static",
+                    1,
+                    0,
+                    1000.0,
+                )
+            )
+
+    in_redis(redis_url, namespace, work)
+
+
+def test_hosts_json_and_table(fleet: None, redis_url: str, namespace: str) -> None:
+    result = msctl(redis_url, namespace, "hosts", "--json")
+    assert result.exit_code == 0, result.output
+    hosts = json.loads(result.output)
+    assert [set(h) for h in hosts] == [HOST_FIELDS, HOST_FIELDS]
+    assert hosts[0] | {"last_seen": 0} == {
+        "id": 1, "guid": "guid-kvm1", "name": "kvm1", "type": "routing", "zone": "z1",
+        "cluster": "c1", "state": "connected", "server": "ms1", "ms_list": ["a", "b"],
+        "algorithm": "static", "check_interval": 0, "last_seen": 0,
+    }  # fmt: skip
+    assert hosts[1]["state"] == "disconnected"
+    table = msctl(redis_url, namespace, "hosts")
+    assert table.exit_code == 0
+    lines = table.output.splitlines()
+    assert lines[0].split()[:4] == ["ID", "NAME", "TYPE", "ZONE"]
+    assert "a,b@static" in lines[1] and "connected" in lines[1]
+
+
+def test_servers_json_and_table(fleet: None, redis_url: str, namespace: str) -> None:
+    result = msctl(redis_url, namespace, "servers", "--json")
+    assert result.exit_code == 0, result.output
+    servers = json.loads(result.output)
+    assert [set(s) for s in servers] == [SERVER_FIELDS, SERVER_FIELDS]
+    assert [(s["id"], s["address"], s["state"], s["agents"]) for s in servers] == [
+        ("ms1", "10.0.0.1:8250", "running", 1),
+        ("ms2", "10.0.0.2:8250", "stopped", 0),
+    ]
+    table = msctl(redis_url, namespace, "servers").output.splitlines()
+    assert table[0].split() == ["ID", "ADDRESS", "STATE", "AGENTS", "STARTED", "SEEN"]
+
+
+def test_a_server_whose_liveness_expired_is_down_and_its_hosts_disconnected(
+    fleet: None, redis_url: str, namespace: str
+) -> None:
+    async def expire(redis: Any, keys: Keys) -> None:
+        await redis.delete(keys.server_alive("ms1"))
+
+    in_redis(redis_url, namespace, expire)
+    servers = json.loads(msctl(redis_url, namespace, "servers", "--json").output)
+    assert servers[0]["state"] == "down"
+    hosts = json.loads(msctl(redis_url, namespace, "hosts", "--json").output)
+    assert {h["state"] for h in hosts} == {"disconnected"}
+    status = msctl(redis_url, namespace, "status")
+    assert "warning: no management server is running" in status.output
+    assert "servers down (no liveness refresh): ms1" in status.output
+
+
+def test_remove_retires_a_disconnected_host_and_recomputes_its_zone(
+    fleet: None, redis_url: str, namespace: str
+) -> None:
+    events: list[str] = []
+
+    async def listen_while_removing(redis: Any, keys: Keys) -> None:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.events)
+        result = await asyncio.to_thread(msctl, redis_url, namespace, "hosts", "remove", "2")
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == "host 2 (kvm2, zone z1) removed"
+        async with asyncio.timeout(5):
+            while not events:
+                message = await pubsub.get_message(timeout=1)
+                if message is not None:
+                    events.append(message["data"])
+        await pubsub.aclose()
+        assert await redis.zrange(keys.zone_hosts("z1"), 0, -1) == ["1"]
+        assert await redis.hget(keys.host_ids_by_guid, "guid-kvm2") is None
+
+    in_redis(redis_url, namespace, listen_while_removing)
+    assert json.loads(events[0]) == {"type": "hosts.changed", "zone": "z1"}
+    hosts = json.loads(msctl(redis_url, namespace, "hosts", "--json").output)
+    assert [h["id"] for h in hosts] == [1]
+
+
+def test_remove_refuses_connected_and_unknown_hosts(
+    fleet: None, redis_url: str, namespace: str
+) -> None:
+    busy = msctl(redis_url, namespace, "hosts", "remove", "1")
+    assert busy.exit_code == 2
+    assert "connected to server ms1; stop its agent first" in busy.output
+    unknown = msctl(redis_url, namespace, "hosts", "remove", "99")
+    assert (unknown.exit_code, "no host with id 99" in unknown.output) == (2, True)
+    assert msctl(redis_url, namespace, "hosts", "remove", "zero").exit_code == 2
+    assert len(json.loads(msctl(redis_url, namespace, "hosts", "--json").output)) == 2
+
+
+def test_status_summarises_and_warns(fleet: None, redis_url: str, namespace: str) -> None:
+    result = msctl(redis_url, namespace, "status")
+    assert result.exit_code == 0, result.output
+    assert "host            a,b" in result.output
+    assert "servers         2 (1 running, 1 stopped)" in result.output
+    assert "hosts           2 (1 connected, 1 disconnected)" in result.output
+    assert "warning" not in result.output
+
+    async def unset_and_change(redis: Any, keys: Keys) -> None:
+        await ConfigStore(redis, keys).set("indirect.agent.lb.check.interval", "9", "c1")
+
+    in_redis(redis_url, namespace, unset_and_change)
+    result = msctl(redis_url, namespace, "status")
+    assert "check interval  0s (overrides: c1=9s)" in result.output
+    assert "warning: 1 connected hosts have not acknowledged their list: 1" in result.output
+
+
+def test_status_warns_when_host_is_unset(redis_url: str, namespace: str) -> None:
+    result = msctl(redis_url, namespace, "status")
+    assert result.exit_code == 0
+    assert "host            (not set)" in result.output
+    assert "warning: `host` is not set: servers push no list" in result.output
+    assert "warning: no management server is running" in result.output
+
+
+def test_redis_down_is_a_runtime_failure(namespace: str) -> None:
+    from tests.support.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for args in (("hosts",), ("servers",), ("status",)):
+        assert msctl(url, namespace, *args).exit_code == 1
