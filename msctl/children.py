@@ -1,0 +1,121 @@
+"""Child processes of the lab (and of tests and benchmarks): `msrv serve` and `agentd swarm`.
+
+A child's stderr log lines are kept, so a caller waits for the line that proves something
+happened (a server listening, a swarm connected) instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+
+
+class ChildError(RuntimeError):
+    """A child exited, or did not log what was awaited in time."""
+
+
+class LoggedProcess:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.lines: list[str] = []
+        self.times: list[float] = []  # monotonic arrival time of each line
+        self.process: asyncio.subprocess.Process | None = None
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, ready: str | None = None, timeout: float = 15.0) -> LoggedProcess:
+        # the child gets its settings from its arguments, never from a stray MSRV_* variable
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSRV_")}
+        env.update(self.env or {})
+        self.lines.clear()
+        self.times.clear()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        self._reader = asyncio.create_task(self._read(self.process))
+        if ready is not None:
+            await self.wait_for(ready, timeout)
+        return self
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            async with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+                self.times.append(time.monotonic())
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def matching(self, pattern: str) -> list[str]:
+        regex = re.compile(pattern)
+        return [line for line in self.lines if regex.search(line)]
+
+    def count(self, pattern: str) -> int:
+        return len(self.matching(pattern))
+
+    async def wait_for(self, pattern: str, timeout: float = 10.0, *, count: int = 1) -> float:
+        """Wait until `count` lines match; returns the arrival time of the last one needed."""
+        regex = re.compile(pattern)
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                while True:
+                    hits = [
+                        t
+                        for line, t in zip(self.lines, self.times, strict=True)
+                        if regex.search(line)
+                    ]
+                    if len(hits) >= count:
+                        return hits[count - 1]
+                    if self._reader is not None and self._reader.done():
+                        raise ChildError(f"{self.name} exited: {self.tail()}")
+                    await self._changed.wait()
+        except TimeoutError:
+            raise ChildError(
+                f"{self.name}: fewer than {count} lines matching {pattern!r}:\n{self.tail()}"
+            ) from None
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.lines[-n:])
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> int:
+        process = self.process
+        if process is None:
+            return 0
+        if process.returncode is None:
+            process.send_signal(sig)
+        async with asyncio.timeout(timeout):
+            code = await process.wait()
+            if self._reader is not None:
+                await self._reader
+        return code
+
+
+def msrv_args(listen: str, server_id: str, redis_url: str, namespace: str) -> list[str]:
+    return ["-m", "msrv", "serve", "--listen", listen, "--id", server_id,
+            "--redis-url", redis_url, "--namespace", namespace]  # fmt: skip
+
+
+def msrv_ready(server_id: str) -> str:
+    """The log line a server writes once it accepts agents."""
+    return rf"msrv {re.escape(server_id)} listening on"
+
+
+def swarm_ready(count: int) -> str:
+    """The summary line of a swarm whose agents are all connected."""
+    return rf"swarm: {count}/{count} agents connected"
