@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -115,16 +116,19 @@ class Session:
         return f"{self.hub.settings.server_id}: {who} from {self.peer}"
 
     def send(self, message: Message) -> None:
+        self._write(encode(message))
+
+    def _write(self, data: bytes) -> None:
         if self.writer.is_closing():
             return
-        self.writer.write(encode(message))
+        self.writer.write(data)
         transport = self.writer.transport
         if transport.get_write_buffer_size() > self.hub.settings.send_buffer_limit:
             logger.warning("%s reads too slowly; dropping the session", self)
             transport.abort()
 
     def deliver(self, offer: Offer, version: int) -> None:
-        self.send(MsList(list(offer.ms_list), offer.algorithm, offer.check_interval, version))
+        self._write(_encoded_list(offer, version))
         self.held = Held(offer.ms_list, offer.algorithm, offer.check_interval)
         self.pushed[version] = offer
 
@@ -274,6 +278,13 @@ class Session:
 
     async def on_error(self, message: Error) -> None:
         logger.warning("%s reports error %s: %s", self, message.code, message.message)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_list(offer: Offer, version: int) -> bytes:
+    """A zone recompute sends few distinct lists (roundrobin: one per rotation) to many agents:
+    encode each once."""
+    return encode(MsList(list(offer.ms_list), offer.algorithm, offer.check_interval, version))
 
 
 def _check_startup(message: Startup) -> None:
