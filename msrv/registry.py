@@ -19,6 +19,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from common import events
+from common.events import EventType
 from common.keys import Keys
 from common.records import HostRecord, ServerRecord, ServerState
 
@@ -172,6 +173,10 @@ class ServerRegistry:
                 self.ttl,
             )
         await self.refresh(agents=0)
+        await self.redis.publish(self.keys.events, self._event(EventType.SERVER_UP))
+
+    def _event(self, kind: EventType) -> str:
+        return events.encode_event(kind, id=self.server_id, address=self.address)
 
     async def refresh(self, agents: int) -> None:
         now = time.time()
@@ -189,4 +194,5 @@ class ServerRegistry:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.server(self.server_id), items=["state", str(ServerState.STOPPED)])
             pipe.delete(self.keys.server_alive(self.server_id))
+            pipe.publish(self.keys.events, self._event(EventType.SERVER_DOWN))
             await pipe.execute()

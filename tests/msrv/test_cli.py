@@ -1,0 +1,32 @@
+"""`msrv serve` command line: bad usage exits 2 before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from msrv.cli import cli
+from msrv.config import ServerSettings
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--listen", "127.0.0.1"], "give HOST:PORT"),
+        (["--listen", "127.0.0.1:99999"], "out of range"),
+        (["--listen", "127.0.0.1:8250", "--namespace", "bad ns"], "namespace"),
+        (["--listen", "127.0.0.1:8250", "--id", "two words"], "without spaces"),
+    ],
+)
+def test_bad_usage_exits_2(args: list[str], reason: str) -> None:
+    result = CliRunner().invoke(cli, ["serve", *args])
+    assert result.exit_code == 2
+    assert reason in result.output
+
+
+def test_settings_defaults() -> None:
+    settings = ServerSettings.build("127.0.0.1:8250")
+    assert (settings.advertise, settings.server_id) == ("127.0.0.1:8250", "127.0.0.1:8250")
+    named = ServerSettings.build("[::1]:9000", advertise="ms.example:9000", server_id="ms1")
+    assert (named.listen_host, named.listen_port) == ("::1", 9000)
+    assert (named.advertise, named.server_id) == ("ms.example:9000", "ms1")
