@@ -7,11 +7,32 @@ happened (a server listening, a swarm connected) instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import sys
 import time
+
+_LIVE: set[LoggedProcess] = set()
+
+
+def kill_leftovers() -> list[str]:
+    """SIGKILL (and reap) every child started here that is still running; returns their names.
+
+    A safety net for tests and aborted runs: nothing started through this module outlives it.
+    """
+    killed = []
+    for child in list(_LIVE):
+        process = child.process
+        _LIVE.discard(child)
+        if process is None or process.returncode is not None:
+            continue
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(process.pid, signal.SIGKILL)
+            os.waitpid(process.pid, 0)
+            killed.append(child.name)
+    return killed
 
 
 class ChildError(RuntimeError):
@@ -42,6 +63,7 @@ class LoggedProcess:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
+        _LIVE.add(self)
         self._reader = asyncio.create_task(self._read(self.process))
         if ready is not None:
             await self.wait_for(ready, timeout)
@@ -103,6 +125,7 @@ class LoggedProcess:
             code = await process.wait()
             if self._reader is not None:
                 await self._reader
+        _LIVE.discard(self)
         return code
 
 

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from msctl.children import kill_leftovers
 from tests.support.redis_server import (
     FakeRedisTcp,
     RedisServer,
     have_redis_server,
     real_redis_required,
 )
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children() -> Iterator[None]:
+    """Whatever a test started through msctl.children is killed when it ends, pass or fail."""
+    yield
+    kill_leftovers()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -1,0 +1,205 @@
+"""A whole system on this machine: Redis (embedded unless given), management servers on
+loopback addresses, and a swarm of agents, as child processes that stop together.
+
+`msctl lab up`, `msctl lab demo` and the benchmarks build on `Lab`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from common.configstore import ConfigStore
+from common.connection import redis_from_url
+from common.keys import Keys
+from msctl.children import LoggedProcess, msrv_args, msrv_ready, swarm_ready
+from msctl.embedded_redis import FakeRedisTcp, RedisServer, free_port, start_embedded
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "lab.json"
+DEFAULT_PORT = 8250
+
+
+def pick_listen(index: int, port: int | None) -> str:
+    """127.0.0.<index>:<port> when it can be bound (port 8250 by default), else a free port on
+    that address, else a free port on 127.0.0.1."""
+    host = f"127.0.0.{index}"
+    for candidate in ([port or DEFAULT_PORT] if port != 0 else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                    raise
+                continue
+            return f"{host}:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
+
+
+@dataclass
+class LabServer:
+    server_id: str
+    listen: str
+    child: LoggedProcess
+
+    @property
+    def running(self) -> bool:
+        process = self.child.process
+        return process is not None and process.returncode is None
+
+
+@dataclass
+class Lab:
+    directory: Path
+    servers: int = 3
+    agents: int = 0
+    redis_url: str | None = None
+    namespace: str = "lab"
+    port: int | None = None  # None: 8250 where free; 0: always a free port
+    swarm_args: tuple[str, ...] = ()
+    members: list[LabServer] = field(default_factory=list)
+    swarm: LoggedProcess | None = None
+    embedded: RedisServer | FakeRedisTcp | None = None
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
+
+    @property
+    def url(self) -> str:
+        assert self.redis_url is not None
+        return self.redis_url
+
+    @property
+    def addresses(self) -> list[str]:
+        return [m.listen for m in self.members]
+
+    def redis(self) -> aioredis.Redis:
+        return redis_from_url(self.url)
+
+    async def start(self, **settings: str) -> None:
+        """Redis, servers, the `host` setting (plus `settings`), then the agents."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.redis_url is None:
+            self.embedded = start_embedded(self.directory / "redis")
+            self.redis_url = self.embedded.url
+        for i in range(1, self.servers + 1):
+            listen = pick_listen(i, self.port)
+            child = LoggedProcess(f"ms{i}", msrv_args(listen, f"ms{i}", self.url, self.namespace))
+            self.members.append(LabServer(f"ms{i}", listen, child))
+        await asyncio.gather(*(self.start_server(m.server_id) for m in self.members))
+        await self.configure(host=",".join(self.addresses), **settings)
+        if self.agents:
+            await self.start_swarm()
+        self.write_state()
+
+    async def configure(self, **values: str) -> int:
+        """Set settings (names with '_' for '.'); returns the config version."""
+        client = self.redis()
+        try:
+            store = ConfigStore(client, self.keys)
+            for name, value in values.items():
+                await store.set(SHORT_NAMES.get(name, name), value)
+            return await store.version()
+        finally:
+            await client.aclose()
+
+    async def start_swarm(self) -> None:
+        host = ",".join(self.addresses)
+        args = ["-m", "agentd", "swarm", "--count", str(self.agents)]
+        args += ["--dir", str(self.directory / "agents"), "--host", host, *self.swarm_args]
+        self.swarm = LoggedProcess("swarm", args)
+        await self.swarm.start(ready=swarm_ready(self.agents), timeout=60 + self.agents / 50)
+
+    def member(self, server_id: str) -> LabServer:
+        for m in self.members:
+            if server_id in (m.server_id, m.listen):
+                return m
+        raise KeyError(f"no server {server_id!r} in this lab (servers: {self.server_ids()})")
+
+    def server_ids(self) -> str:
+        return ", ".join(m.server_id for m in self.members)
+
+    async def start_server(self, server_id: str) -> LabServer:
+        member = self.member(server_id)
+        if not member.running:
+            await member.child.start(ready=msrv_ready(member.server_id))
+            self.write_state()
+        return member
+
+    async def kill_server(self, server_id: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        member = self.member(server_id)
+        code = await member.child.stop(sig) if member.running else 0
+        self.write_state()
+        return code
+
+    async def stop(self) -> None:
+        """Stop every child: agents first (clean goodbyes), then servers, then Redis."""
+        if self.swarm is not None:
+            with contextlib.suppress(ProcessLookupError, TimeoutError):
+                await self.swarm.stop(signal.SIGTERM, timeout=20)
+        for member in self.members:
+            with contextlib.suppress(ProcessLookupError, TimeoutError):
+                await member.child.stop(signal.SIGTERM, timeout=10)
+        for child in [*(m.child for m in self.members), self.swarm]:
+            process = child.process if child is not None else None
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+        if self.embedded is not None:
+            self.embedded.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / STATE_FILE).unlink()
+
+    def state(self) -> dict[str, Any]:
+        def pid(child: LoggedProcess | None) -> int | None:
+            process = child.process if child is not None else None
+            return process.pid if process is not None and process.returncode is None else None
+
+        return {
+            "redis_url": self.redis_url,
+            "namespace": self.namespace,
+            "embedded_redis": self.embedded.kind if self.embedded is not None else None,
+            "control_pid": os.getpid(),
+            "servers": [
+                {"id": m.server_id, "listen": m.listen, "pid": pid(m.child)} for m in self.members
+            ],
+            "swarm": {"pid": pid(self.swarm), "agents": self.agents},
+        }
+
+    def write_state(self) -> None:
+        path = self.directory / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+SHORT_NAMES = {
+    "algorithm": "indirect.agent.lb.algorithm",
+    "check_interval": "indirect.agent.lb.check.interval",
+    "ping_interval": "ping.interval",
+    "ping_timeout": "ping.timeout",
+}
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    path = directory / STATE_FILE
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: no lab running here (start one with `msctl lab up`)"
+        ) from None
+    return state
