@@ -29,6 +29,10 @@ from msrv.subscriber import Subscriber, retry_policy
 
 logger = logging.getLogger(__name__)
 
+# A fleet reconnecting at once (a failover) must not overflow the accept queue: a dropped SYN
+# costs its agent a 1 s retransmit. The kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
 
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
@@ -67,6 +71,7 @@ class Server:
                     self.settings.listen_host,
                     self.settings.listen_port,
                     limit=READER_LIMIT,
+                    backlog=LISTEN_BACKLOG,
                 )
                 logger.info(
                     "msrv %s listening on %s:%d (advertised as %s)",
