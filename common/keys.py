@@ -60,6 +60,11 @@ class Keys:
         """Pub/sub channel of JSON events."""
         return self._k("events")
 
+    @property
+    def lab_control(self) -> str:
+        """Pub/sub channel on which `msctl lab kill|start` ask a running `msctl lab up`."""
+        return self._k("lab", "control")
+
     # hosts (agents)
     @property
     def host_id_counter(self) -> str:

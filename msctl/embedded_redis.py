@@ -62,6 +62,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
     def command(self) -> list[str]:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -103,6 +107,7 @@ class FakeRedisTcp:
     """fakeredis's TCP server in a thread: same interface as RedisServer, no kill/restart."""
 
     kind = "fakeredis TcpFakeServer"
+    pid = None  # it runs inside this process
 
     def __init__(self) -> None:
         try:

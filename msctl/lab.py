@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
 from common.keys import Keys
-from msctl.children import LoggedProcess, msrv_args, msrv_ready, swarm_ready
+from msctl.children import ChildError, LoggedProcess, msrv_args, msrv_ready, swarm_ready
 from msctl.embedded_redis import FakeRedisTcp, RedisServer, free_port, start_embedded
 
 logger = logging.getLogger(__name__)
@@ -95,15 +96,22 @@ class Lab:
         if self.redis_url is None:
             self.embedded = start_embedded(self.directory / "redis")
             self.redis_url = self.embedded.url
-        for i in range(1, self.servers + 1):
-            listen = pick_listen(i, self.port)
-            child = LoggedProcess(f"ms{i}", msrv_args(listen, f"ms{i}", self.url, self.namespace))
-            self.members.append(LabServer(f"ms{i}", listen, child))
-        await asyncio.gather(*(self.start_server(m.server_id) for m in self.members))
+        else:
+            await self.check_redis()
+        await asyncio.gather(*(self.add_server() for _ in range(self.servers)))
         await self.configure(host=",".join(self.addresses), **settings)
         if self.agents:
             await self.start_swarm()
         self.write_state()
+
+    async def check_redis(self) -> None:
+        client = self.redis()
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            raise ChildError(f"redis at {self.url}: {exc}") from None
+        finally:
+            await client.aclose()
 
     async def configure(self, **values: str) -> int:
         """Set settings (names with '_' for '.'); returns the config version."""
@@ -122,6 +130,15 @@ class Lab:
         args += ["--dir", str(self.directory / "agents"), "--host", host, *self.swarm_args]
         self.swarm = LoggedProcess("swarm", args)
         await self.swarm.start(ready=swarm_ready(self.agents), timeout=60 + self.agents / 50)
+
+    async def add_server(self) -> LabServer:
+        """Start one more server (ms4, ms5, ...) on the next loopback address."""
+        index = len(self.members) + 1
+        listen = pick_listen(index, self.port)
+        server_id = f"ms{index}"
+        child = LoggedProcess(server_id, msrv_args(listen, server_id, self.url, self.namespace))
+        self.members.append(LabServer(server_id, listen, child))
+        return await self.start_server(server_id)
 
     def member(self, server_id: str) -> LabServer:
         for m in self.members:
@@ -172,6 +189,7 @@ class Lab:
             "redis_url": self.redis_url,
             "namespace": self.namespace,
             "embedded_redis": self.embedded.kind if self.embedded is not None else None,
+            "embedded_redis_pid": self.embedded.pid if self.embedded is not None else None,
             "control_pid": os.getpid(),
             "servers": [
                 {"id": m.server_id, "listen": m.listen, "pid": pid(m.child)} for m in self.members

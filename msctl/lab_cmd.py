@@ -1,76 +1,238 @@
-"""`msctl lab`: the system on this machine, on an embedded Redis unless given one."""
+"""`msctl lab up|demo|kill|start`: the system on this machine, on an embedded Redis unless
+given one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import signal
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
-import redis.asyncio as aioredis
 
-from common import algorithms
-from common.configstore import ConfigStore
-from common.errors import ValidationError
 from common.keys import Keys
-from msctl.embedded_redis import start_embedded
-from msctl.options import CliConfig, Failed, run_async
-from msctl.tables import format_table
+from msctl.children import ChildError
+from msctl.lab import STATE_FILE, Lab, read_state
+from msctl.lab_demo import Demo, DemoFailedError
+from msctl.lab_view import read_view
+from msctl.options import DEFAULT_LAB_DIR, LAB_DIR_ENV, Failed, Rejected
+
+CONTROL_TIMEOUT = 20.0
 
 
 @click.group("lab")
 def lab_group() -> None:
-    """Run the feature on this machine."""
+    """Run the whole system on this machine."""
 
 
-def _step(text: str) -> None:
-    click.echo(click.style(f"==> {text}", bold=True))
+def _redis_option(func: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--redis-url",
+        envvar="MSRV_REDIS_URL",
+        default=None,
+        help="use this Redis (default: start an embedded one)",
+    )(func)
 
 
-async def _walkthrough(redis: aioredis.Redis, keys: Keys) -> None:
-    store = ConfigStore(redis, keys)
-    _step("msctl config set host 'ms-a, ms-b:8251, [2001:db8::1]'")
-    change = await store.set("host", "ms-a, ms-b:8251, [2001:db8::1]")
-    click.echo(f"    stored {change.value!r} as config version {change.version}")
-    _step("msctl config set host 'ms-a,,ms-b'  (refused, nothing changes)")
+# ---- lab up -------------------------------------------------------------------------------------
+
+
+@lab_group.command("up")
+@click.option("--servers", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--agents", default=3, show_default=True, type=click.IntRange(0, 20_000))
+@_redis_option
+@click.option("--namespace", envvar="MSRV_NAMESPACE", default="lab", show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    envvar=LAB_DIR_ENV,
+    default=DEFAULT_LAB_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"agents' files and lab.json [env {LAB_DIR_ENV}]",
+)
+def lab_up(
+    servers: int, agents: int, redis_url: str | None, namespace: str, directory: Path
+) -> None:
+    """Start Redis, SERVERS servers and AGENTS agents; show them live until Ctrl-C."""
+    lab = Lab(directory.resolve(), servers, agents, redis_url, namespace)
     try:
-        await store.set("host", "ms-a,,ms-b")
-        raise Failed("an empty entry was accepted")
-    except ValidationError as exc:
-        click.echo(f"    refused: {exc}")
-    if await store.version() != change.version:
-        raise Failed("a refused value changed the config version")
-    for name in ("static", "roundrobin", "shuffle"):
-        _step(f"msctl config set indirect.agent.lb.algorithm {name}")
-        await store.set("indirect.agent.lb.algorithm", name)
-        snapshot = await store.snapshot()
-        ms_list = list(snapshot.effective().host or ())
-        host_ids = [1, 2, 3]
-        rows = [("HOST ID", "ITS LIST")]
-        for host_id in host_ids:
-            order = algorithms.get(name).sort(ms_list, host_ids, host_id)
-            rows.append((str(host_id), f"{','.join(order)}@{name}"))
-        click.echo("    " + format_table(rows).replace("\n", "\n    "))
-    _step("msctl config list")
-    table = [("NAME", "VALUE", "SOURCE")]
-    table += [(e.name, e.value or "-", str(e.source)) for e in await store.entries()]
-    click.echo("    " + format_table(table).replace("\n", "\n    "))
+        Keys(namespace)
+    except ValueError as exc:
+        raise Rejected(str(exc)) from None
+    try:
+        asyncio.run(_up(lab))
+    except ChildError as exc:
+        raise Failed(str(exc)) from None
+
+
+async def _up(lab: Lab) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await lab.start()
+        where = lab.embedded.kind if lab.embedded is not None else "given"
+        click.echo(f"lab up: Redis ({where}) at {lab.url}, namespace {lab.namespace}")
+        click.echo(f"servers: {', '.join(f'{m.server_id}={m.listen}' for m in lab.members)}")
+        click.echo(f"state in {lab.directory / STATE_FILE}; in another terminal, from here:")
+        click.echo("  msctl hosts · msctl servers · msctl lab kill ms1 · msctl lab start ms1")
+        click.echo("Ctrl-C stops everything.")
+        async with asyncio.TaskGroup() as tasks:
+            control = tasks.create_task(_serve_control(lab))
+            view = tasks.create_task(_show(lab, stop))
+            await stop.wait()
+            control.cancel()
+            view.cancel()
+    finally:
+        click.echo("lab: stopping agents, servers and Redis")
+        await lab.stop()
+        click.echo("lab: stopped")
+
+
+async def _show(lab: Lab, stop: asyncio.Event) -> None:
+    """Redraw every second on a terminal; elsewhere print the view when it changes."""
+    tty = sys.stdout.isatty()
+    last = ""
+    client = lab.redis()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, ConnectionError):
+                text = (await read_view(client, lab.keys)).render()
+                if tty:
+                    click.clear()
+                    click.echo(f"{time.strftime('%H:%M:%S')}  (Ctrl-C stops the lab)\n{text}")
+                elif text != last:
+                    click.echo(text)
+                last = text
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+    finally:
+        await client.aclose()
+
+
+async def _serve_control(lab: Lab) -> None:
+    """Carry out `msctl lab kill|start SERVER` sent from another terminal."""
+    client = lab.redis()
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(lab.keys.lab_control)
+        async for message in pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            try:
+                request = json.loads(message["data"])
+                action, server = request["action"], request["server"]
+                if action == "kill":
+                    await lab.kill_server(server, signal.SIGKILL)
+                elif action == "start":
+                    await lab.start_server(server)
+                click.echo(f"lab: {action} {server}: done")
+            except (ValueError, KeyError, TypeError, ChildError) as exc:
+                click.echo(f"lab: bad control request {message['data']!r}: {exc}", err=True)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+
+
+# ---- lab kill / start ---------------------------------------------------------------------------
+
+
+def _control(directory: Path, action: str, server: str) -> None:
+    try:
+        state = read_state(directory)
+    except FileNotFoundError as exc:
+        raise Failed(str(exc)) from None
+    ids = {s["id"]: s for s in state["servers"]} | {s["listen"]: s for s in state["servers"]}
+    if server not in ids:
+        names = ", ".join(s["id"] for s in state["servers"])
+        raise Rejected(f"no server {server!r} in the lab (servers: {names})")
+    server_id = ids[server]["id"]
+    keys = Keys(state["namespace"])
+
+    async def ask() -> None:
+        from common.connection import redis_from_url
+
+        client = redis_from_url(state["redis_url"])
+        try:
+            request = json.dumps({"action": action, "server": server_id})
+            if not await client.publish(keys.lab_control, request):
+                raise Failed("no `msctl lab up` is listening for this lab")
+        finally:
+            await client.aclose()
+        deadline = time.monotonic() + CONTROL_TIMEOUT
+        while time.monotonic() < deadline:
+            entry = {s["id"]: s for s in read_state(directory)["servers"]}[server_id]
+            if (entry["pid"] is None) == (action == "kill"):
+                return
+            await asyncio.sleep(0.1)
+        raise Failed(f"{action} {server_id}: the lab did not do it within {CONTROL_TIMEOUT:g}s")
+
+    asyncio.run(ask())
+    click.echo(f"{server_id} {'killed' if action == 'kill' else 'started'}")
+
+
+_dir_option = click.option(
+    "--dir",
+    "directory",
+    envvar=LAB_DIR_ENV,
+    default=DEFAULT_LAB_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"the lab's folder (holds lab.json) [env {LAB_DIR_ENV}]",
+)
+
+
+@lab_group.command("kill")
+@click.argument("server")
+@_dir_option
+def lab_kill(server: str, directory: Path) -> None:
+    """Kill SERVER (id like ms1, or its address) with SIGKILL, as a crash would."""
+    _control(directory, "kill", server)
+
+
+@lab_group.command("start")
+@click.argument("server")
+@_dir_option
+def lab_start(server: str, directory: Path) -> None:
+    """Start SERVER again."""
+    _control(directory, "start", server)
+
+
+# ---- lab demo -----------------------------------------------------------------------------------
 
 
 @lab_group.command("demo")
-@click.option("--redis-url", envvar="MSRV_REDIS_URL", default=None, help="use this Redis")
+@_redis_option
 @click.option("--namespace", envvar="MSRV_NAMESPACE", default="labdemo", show_default=True)
 def lab_demo(redis_url: str | None, namespace: str) -> None:
-    """The feature's example, step by step, on an embedded Redis unless --redis-url is given."""
-    with tempfile.TemporaryDirectory(prefix="msctl-lab-") as workdir:
-        server = None
-        if redis_url is None:
-            server = start_embedded(Path(workdir))
-            redis_url = server.url
-            click.echo(f"embedded Redis ({server.kind}) at {redis_url}")
+    """The feature's example, step by step, checked; exits non-zero naming a failed step."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="msctl-demo-") as workdir:
+        lab = Lab(Path(workdir), servers=3, agents=3, redis_url=redis_url,
+                  namespace=namespace, port=0)  # fmt: skip
         try:
-            cli = CliConfig(redis_url, Keys(namespace).namespace)
-            run_async(cli, lambda redis: _walkthrough(redis, cli.keys))
-        finally:
-            if server is not None:
-                server.stop()
-    click.echo("demo finished: every step checked")
+            asyncio.run(_demo(lab))
+        except DemoFailedError as exc:
+            raise Failed(f"demo failed at {exc}") from None
+        except ChildError as exc:
+            raise Failed(f"demo failed: {exc}") from None
+    click.echo(f"demo finished in {time.monotonic() - started:.1f}s: every step checked")
+
+
+async def _demo(lab: Lab) -> None:
+    try:
+        await lab.start()
+        if lab.embedded is not None:
+            click.echo(f"embedded Redis ({lab.embedded.kind}) at {lab.url}")
+        else:
+            click.echo(f"Redis at {lab.url}, namespace {lab.namespace}")
+        await Demo(lab).run()
+    finally:
+        await lab.stop()

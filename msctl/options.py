@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -44,30 +47,57 @@ class CliConfig:
         return redis_from_url(self.redis_url)
 
 
+LAB_DIR_ENV = "MSCTL_LAB_DIR"
+DEFAULT_LAB_DIR = "lab"
+
+
+def lab_connection(lab_dir: str | None = None) -> tuple[str, str] | None:
+    """(redis_url, namespace) of a running `msctl lab up`, from its lab.json, if there is one."""
+    folder = Path(lab_dir or os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR)
+    try:
+        state = json.loads((folder / "lab.json").read_text())
+        os.kill(int(state["control_pid"]), 0)  # a lab.json left by a crashed lab is ignored
+        return str(state["redis_url"]), str(state["namespace"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resolve_connection(redis_url: str | None, namespace: str | None) -> CliConfig:
+    """Option or env var first; then a running lab's lab.json (./lab, or $MSCTL_LAB_DIR);
+    then the defaults."""
+    lab = lab_connection() if redis_url is None and namespace is None else None
+    if lab is not None:
+        redis_url, namespace = lab
+    try:
+        return CliConfig(
+            redis_url or DEFAULT_REDIS_URL, Keys(namespace or DEFAULT_NAMESPACE).namespace
+        )
+    except ValidationError as exc:
+        raise Rejected(str(exc)) from None
+
+
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --redis-url and --namespace (env MSRV_REDIS_URL, MSRV_NAMESPACE); pass `cli`."""
+    """Add --redis-url and --namespace (env MSRV_REDIS_URL, MSRV_NAMESPACE); pass `cli`.
+
+    With neither given, a running lab's lab.json (./lab/, or $MSCTL_LAB_DIR) supplies both, so
+    that msctl in a second terminal works against `msctl lab up`.
+    """
 
     @click.option(
         "--redis-url",
         envvar="MSRV_REDIS_URL",
-        default=DEFAULT_REDIS_URL,
-        show_default=True,
-        help="Redis holding the settings [env MSRV_REDIS_URL]",
+        default=None,
+        help=f"Redis holding the settings [env MSRV_REDIS_URL; default {DEFAULT_REDIS_URL}]",
     )
     @click.option(
         "--namespace",
         envvar="MSRV_NAMESPACE",
-        default=DEFAULT_NAMESPACE,
-        show_default=True,
-        help="prefix of every key and channel [env MSRV_NAMESPACE]",
+        default=None,
+        help=f"prefix of every key and channel [env MSRV_NAMESPACE; default {DEFAULT_NAMESPACE}]",
     )
     @functools.wraps(func)
-    def wrapper(redis_url: str, namespace: str, **kwargs: Any) -> Any:
-        try:
-            cli = CliConfig(redis_url, Keys(namespace).namespace)
-        except ValidationError as exc:
-            raise Rejected(str(exc)) from None
-        return func(cli=cli, **kwargs)
+    def wrapper(redis_url: str | None, namespace: str | None, **kwargs: Any) -> Any:
+        return func(cli=resolve_connection(redis_url, namespace), **kwargs)
 
     return wrapper
 

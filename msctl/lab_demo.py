@@ -1,0 +1,211 @@
+"""`msctl lab demo`: the feature's example on a real lab, narrated and checked step by step.
+
+Three servers, three agents: static; roundrobin (A,B,C / B,C,A / C,A,B); shuffle; a server
+killed and its agent failing over; the server back with a check interval and the agent failing
+back; a move to a new set of servers. Each step waits (bounded) for what it shows, by reading the
+registry in Redis and the agents' agent.properties files; a step that does not happen raises
+DemoFailed naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from common.properties import AgentProperties
+from common.records import HostRecord, HostState, load_hosts
+from msctl.lab import SHORT_NAMES, Lab
+from msctl.tables import format_table
+
+T = TypeVar("T")
+POLL = 0.1
+
+
+class DemoFailedError(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"step '{step}': {reason}")
+        self.step = step
+
+
+def rotations(items: list[str]) -> list[list[str]]:
+    return [items[i:] + items[:i] for i in range(len(items))]
+
+
+class Demo:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.step = "start"
+        self.started = time.monotonic()
+
+    def say(self, text: str) -> None:
+        click.echo(click.style(f"==> {text}", bold=True))
+
+    def show(self, text: str) -> None:
+        click.echo("    " + text.replace("\n", "\n    "))
+
+    def properties(self) -> list[Path]:
+        return sorted((self.lab.directory / "agents").glob("agent-*/agent.properties"))
+
+    def host_lines(self) -> dict[str, str]:
+        """Agent name -> its host= value, read from its file."""
+        lines = {}
+        for path in self.properties():
+            props = AgentProperties.load(path)
+            lines[props.get("name") or path.parent.name] = props.get("host") or ""
+        return lines
+
+    async def hosts(self) -> list[HostRecord]:
+        client = self.lab.redis()
+        try:
+            return await load_hosts(client, self.lab.keys)
+        finally:
+            await client.aclose()
+
+    async def until(self, what: str, probe: Callable[[], Awaitable[T | None]], limit: float) -> T:
+        """Poll `probe` until it returns something; fail the step after `limit` seconds."""
+        deadline = time.monotonic() + limit
+        while True:
+            result = await probe()
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise DemoFailedError(self.step, f"{what} did not happen within {limit:g}s")
+            await asyncio.sleep(POLL)
+
+    def server_of(self, address: str) -> str:
+        return self.lab.member(address).server_id
+
+    async def settled(self, algorithm: str) -> list[HostRecord] | None:
+        """The hosts, once every file holds a list @algorithm and every agent sits connected on
+        the first entry of that list (the registry agrees with the files)."""
+        hosts = await self.hosts()
+        lines = self.host_lines()
+        if len(hosts) != len(lines) or not lines:
+            return None
+        for host in hosts:
+            line = lines.get(host.name, "")
+            if not line.endswith(f"@{algorithm}") or host.state != HostState.CONNECTED:
+                return None
+            first = line.split("@")[0].split(",")[0]
+            if list(host.ms_list) != line.split("@")[0].split(",") or host.server != (
+                self.server_of(first)
+            ):
+                return None
+        return hosts
+
+    def table(self, hosts: list[HostRecord]) -> str:
+        lines = self.host_lines()
+        rows = [("AGENT", "HOST ID", "ON", "agent.properties")]
+        rows += [(h.name, str(h.id), h.server, f"host={lines[h.name]}") for h in hosts]
+        return format_table(rows)
+
+    async def set(self, **values: str) -> None:
+        version = await self.lab.configure(**values)
+        for name, value in values.items():
+            self.show(f"$ msctl config set {SHORT_NAMES.get(name, name)} {value}")
+        self.show(f"  (config version {version})")
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        lab = self.lab
+        self.say(f"{len(lab.members)} servers and {lab.agents} agents are up")
+        self.show(", ".join(f"{m.server_id}={m.listen}" for m in lab.members))
+        csv = lab.addresses
+
+        self.step = "static"
+        self.say("static: every agent gets the list as given")
+        await self.set(algorithm="static")
+        hosts = await self.until("static lists", lambda: self.settled("static"), 15)
+        if {tuple(h.ms_list) for h in hosts} != {tuple(csv)}:
+            raise DemoFailedError(self.step, "agents hold different lists")
+        self.show(self.table(hosts))
+
+        self.step = "roundrobin"
+        self.say("roundrobin: rotated by each host's rank, A,B,C / B,C,A / C,A,B")
+        await self.set(algorithm="roundrobin")
+        hosts = await self.until("roundrobin lists", lambda: self.settled("roundrobin"), 15)
+        got = [list(h.ms_list) for h in sorted(hosts, key=lambda h: h.id)]
+        if got != rotations(csv)[: len(got)]:
+            raise DemoFailedError(self.step, f"lists by host id are {got}")
+        self.show(self.table(hosts))
+
+        self.step = "shuffle"
+        self.say("shuffle: a stable pseudo-random order per host")
+        await self.set(algorithm="shuffle")
+        hosts = await self.until("shuffled lists", lambda: self.settled("shuffle"), 15)
+        if any(sorted(h.ms_list) != sorted(csv) for h in hosts):
+            raise DemoFailedError(self.step, "a shuffled list is not a permutation")
+        self.show(self.table(hosts))
+        await self.set(algorithm="roundrobin")
+        hosts = await self.until("roundrobin lists", lambda: self.settled("roundrobin"), 15)
+
+        await self._failover_and_back(hosts)
+        await self._migration()
+
+    async def _failover_and_back(self, hosts: list[HostRecord]) -> None:
+        lab = self.lab
+        self.step = "failover"
+        victim = next(h for h in hosts if h.server == "ms1")
+        self.say(f"failover: ms1 is killed (SIGKILL); {victim.name} moves to its next entry")
+        next_server = self.server_of(victim.ms_list[1])
+        killed = time.monotonic()
+        await lab.kill_server("ms1", signal.SIGKILL)
+
+        async def moved() -> HostRecord | None:
+            for h in await self.hosts():
+                if h.id == victim.id and h.state == HostState.CONNECTED and h.server != "ms1":
+                    return h
+            return None
+
+        landed = await self.until(f"{victim.name} failing over", moved, 10)
+        if landed.server != next_server:
+            raise DemoFailedError(self.step, f"landed on {landed.server}, not {next_server}")
+        self.show(f"{victim.name} on {landed.server} after {time.monotonic() - killed:.2f}s")
+
+        self.step = "failback"
+        self.say("failback: check interval 2 s, ms1 starts again, the agent returns to it")
+        await self.set(check_interval="2")
+        await lab.start_server("ms1")
+        back = time.monotonic()
+
+        async def returned() -> HostRecord | None:
+            for h in await self.hosts():
+                if h.id == victim.id and h.state == HostState.CONNECTED and h.server == "ms1":
+                    return h
+            return None
+
+        await self.until(f"{victim.name} returning to ms1", returned, 10)
+        self.show(f"{victim.name} back on ms1 {time.monotonic() - back:.2f}s after its restart")
+
+    async def _migration(self) -> None:
+        lab = self.lab
+        self.step = "migration"
+        old = list(lab.members)
+        self.say("migration: three new servers start, `host` moves to them, the old ones stop")
+        new = [await lab.add_server() for _ in range(3)]
+        self.show(", ".join(f"{m.server_id}={m.listen}" for m in new))
+        await self.set(host=",".join(m.listen for m in new))
+        new_ids = {m.server_id for m in new}
+
+        async def on_new() -> list[HostRecord] | None:
+            hosts = await self.settled("roundrobin")
+            return hosts if hosts and all(h.server in new_ids for h in hosts) else None
+
+        hosts = await self.until("every agent on a new server", on_new, 20)
+        self.show(self.table(hosts))
+        swarm = lab.swarm
+        lost_before = swarm.count("lost server") if swarm is not None else 0
+        for member in old:
+            await lab.kill_server(member.server_id, signal.SIGTERM)
+        hosts = await self.until("agents still connected", on_new, 10)
+        lost = (swarm.count("lost server") if swarm is not None else 0) - lost_before
+        if lost:
+            raise DemoFailedError(self.step, f"{lost} agents lost their session")
+        self.show(f"ms1-ms{len(old)} stopped; every agent kept its session")

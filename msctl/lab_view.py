@@ -1,0 +1,48 @@
+"""What `msctl lab up` shows while it runs: each server's state and agent count, the config
+version and how many agents hold it."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from common.configstore import ConfigStore
+from common.keys import Keys
+from common.records import HostState, load_hosts, load_servers
+from msctl.status_cmd import stale_hosts
+from msctl.tables import format_table
+
+
+@dataclass(frozen=True)
+class LabView:
+    version: int
+    servers: list[tuple[str, str, str, int]]  # id, address, state, connected agents
+    agents: int
+    connected: int
+    holding: int  # connected agents whose acknowledged list is the one in force
+
+    def render(self) -> str:
+        rows = [("SERVER", "ADDRESS", "STATE", "AGENTS")]
+        rows += [(i, a, s, str(n)) for i, a, s, n in self.servers]
+        return (
+            format_table(rows)
+            + f"\nconfig version {self.version}: {self.holding}/{self.agents} agents hold it,"
+            + f" {self.connected}/{self.agents} connected"
+        )
+
+
+async def read_view(redis: aioredis.Redis, keys: Keys) -> LabView:
+    snapshot = await ConfigStore(redis, keys).snapshot()
+    servers = await load_servers(redis, keys)
+    hosts = await load_hosts(redis, keys)
+    connected = [h for h in hosts if h.state == HostState.CONNECTED]
+    per_server = collections.Counter(h.server for h in connected)
+    return LabView(
+        version=snapshot.version,
+        servers=[(s.id, s.address, str(s.state), per_server.get(s.id, 0)) for s in servers],
+        agents=len(hosts),
+        connected=len(connected),
+        holding=len(connected) - len(stale_hosts(snapshot, hosts)),
+    )
