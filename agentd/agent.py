@@ -170,9 +170,8 @@ class Agent:
             self.interval_changed.set()
 
     async def _on_ms_list(self, link: Link, message: MsList) -> None:
-        if message.version < self.version:
-            logger.info("%s: ignoring list of old version %d", self.label, message.version)
-            return
+        # No check against older versions: the server is the authority, and a Redis that was
+        # emptied and set again restarts its version counter.
         try:
             new_list = HostList(parse_address_list(",".join(message.ms_list)), message.algorithm)
         except ValidationError as exc:

@@ -70,3 +70,19 @@ def test_a_bad_file_is_not_rewritten(tmp_path):
         AgentSettings.from_properties(path)
     assert path.read_text() == "host=a,a\n"
     assert AgentProperties.load(path).get("guid") is None
+
+
+def test_agentd_run_refuses_a_bad_file_with_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "guid=g\nhost=a\nport=http\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "agentd", "run", "--properties", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"Error: {path} line 3: port: 'http' is not a whole number\n"
