@@ -1,5 +1,6 @@
 """The README's main job, run as a user would: `msctl lab demo` as a process."""
 
+import os
 import subprocess
 import sys
 
@@ -8,13 +9,14 @@ import pytest
 STEPS = ["static", "roundrobin", "shuffle", "failover", "failback", "migration"]
 
 
-def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "msctl", "lab", "demo", *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env=env,
     )
 
 
@@ -45,6 +47,16 @@ def test_demo_against_a_given_redis(redis_url, namespace):
     done = run_demo("--redis-url", redis_url, "--namespace", namespace)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "embedded" not in done.stdout
+    check_output(done.stdout)
+
+
+@pytest.mark.timeout(120)
+def test_demo_without_a_redis_server_binary_uses_fakeredis(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSRV_")}
+    env["PATH"] = str(tmp_path)  # no redis-server to be found
+    done = run_demo(env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "embedded Redis (fakeredis TcpFakeServer)" in done.stdout
     check_output(done.stdout)
 
 
