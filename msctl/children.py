@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 
+from msctl.embedded_redis import die_with_parent
+
 _LIVE: set[LoggedProcess] = set()
 
 
@@ -62,6 +64,7 @@ class LoggedProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=env,
+            preexec_fn=die_with_parent,
         )
         _LIVE.add(self)
         self._reader = asyncio.create_task(self._read(self.process))

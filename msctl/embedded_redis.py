@@ -4,10 +4,12 @@ loopback port, or, when the binary is missing, fakeredis's TCP server in this pr
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,19 @@ from pathlib import Path
 import redis
 
 READY_TIMEOUT = 10.0
+
+
+# libc is loaded here, in the parent, so that the forked child only makes one system call
+# before exec (nothing that could wait on a lock another thread held at fork time).
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when its parent dies, so that a lab killed with
+    SIGKILL still leaves nothing running (Linux; elsewhere a no-op)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,7 +96,11 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - it makes one system call, see above
+        )
         wait_for_redis(self.url, process=self.process)
         return self
 

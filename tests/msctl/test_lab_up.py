@@ -72,8 +72,10 @@ def lab(tmp_path):
         yield process, folder, state, second_terminal, hosts, connected
     finally:
         if process.poll() is None:
-            process.kill()
+            process.kill()  # its children die with it (PR_SET_PDEATHSIG)
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _state(folder):
@@ -96,6 +98,16 @@ def test_ctrl_c_leaves_no_process_behind(lab):
     assert "lab: stopped" in output
     assert [p for p in pids if alive(p)] == []
     assert not (folder / "lab.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_the_lab_still_leaves_no_process_behind(lab):
+    process, _, state, *_ = lab
+    pids = [s["pid"] for s in state["servers"]] + [state["swarm"]["pid"]]
+    pids.append(state["embedded_redis_pid"])
+    process.kill()
+    process.wait()
+    wait_for("children gone", lambda: not [p for p in pids if alive(p)], 10)
 
 
 @pytest.mark.timeout(120)
