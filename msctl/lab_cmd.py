@@ -80,7 +80,10 @@ async def _up(lab: Lab) -> None:
         where = lab.embedded.kind if lab.embedded is not None else "given"
         click.echo(f"lab up: Redis ({where}) at {lab.url}, namespace {lab.namespace}")
         click.echo(f"servers: {', '.join(f'{m.server_id}={m.listen}' for m in lab.members)}")
+        here = lab.directory == Path.cwd() / DEFAULT_LAB_DIR
         click.echo(f"state in {lab.directory / STATE_FILE}; in another terminal, from here:")
+        if not here:
+            click.echo(f"  export {LAB_DIR_ENV}={lab.directory}")
         click.echo("  msctl hosts · msctl servers · msctl lab kill ms1 · msctl lab start ms1")
         click.echo("Ctrl-C stops everything.")
         async with asyncio.TaskGroup() as tasks:
