@@ -279,11 +279,43 @@ async def stop_all(children: list[LoggedProcess]) -> None:
     kill_leftovers()
 
 
+async def start_profilers(
+    directory: Path, children: list[LoggedProcess]
+) -> list[asyncio.subprocess.Process]:
+    """py-spy on each server (raw collapsed stacks, one file per server), until stopped."""
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    profilers = []
+    for child in children:
+        output = str(directory / f"{child.name}.txt")
+        command = [py_spy, "record", "--format", "raw", "--rate", "250", "--nonblocking"]
+        command += ["-o", output, "-p", str(child.pid)]
+        profilers.append(
+            await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+        )
+    await asyncio.sleep(1.0)  # py-spy attaches
+    return profilers
+
+
+async def stop_profilers(profilers: list[asyncio.subprocess.Process]) -> None:
+    for profiler in profilers:
+        if profiler.returncode is None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for profiler in profilers:
+        try:
+            await asyncio.wait_for(profiler.wait(), 10)
+        except TimeoutError:
+            profiler.kill()
+            await profiler.wait()
+
+
 async def run(args: argparse.Namespace, redis_url: str, redis_pid: int | None) -> dict[str, Any]:
     redis = redis_from_url(redis_url)
     store = ConfigStore(redis, Keys(NAMESPACE))
     names = [f"ms{i + 1}" for i in range(args.servers)]
     children: list[LoggedProcess] = []
+    profilers: list[asyncio.subprocess.Process] = []
     rounds: list[Round] = []
     try:
         await store.set("ping.interval", "60")  # no heartbeat traffic during the run
@@ -292,6 +324,8 @@ async def run(args: argparse.Namespace, redis_url: str, redis_pid: int | None) -
         )
         ports = [c.port for c in children]  # type: ignore[attr-defined]
         pids = [c.pid for c in children]
+        if args.profile:
+            profilers = await start_profilers(args.profile, children)
         await store.set("host", ",".join(f"127.0.0.1:{p}" for p in ports))
         guids = [f"storm-{i:05d}" for i in range(args.clients)]
         lists: list[list[str]] = [[] for _ in guids]
@@ -319,6 +353,7 @@ async def run(args: argparse.Namespace, redis_url: str, redis_pid: int | None) -
             say(f"--- {child.name} (whole log in {log})\n{child.tail(20)}")
         raise
     finally:
+        await stop_profilers(profilers)
         await stop_all(children)
         await redis.aclose()
     floors = await start_children(
@@ -366,6 +401,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--servers", type=int, choices=(1, 3), default=1)
     parser.add_argument("--rounds", type=int, default=2, help="1 new, then known rounds")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy each server into DIR/<id>.txt"
+    )
     parser.add_argument("--floor-server", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_server:
@@ -373,6 +411,8 @@ def main() -> None:
             asyncio.run(serve_floor(args.floor_server))
         return
     raise_nofile(2 * args.clients + 1024)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     # SIGTERM unwinds like Ctrl-C, so every `finally` stops its children
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:

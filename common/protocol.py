@@ -118,8 +118,22 @@ class UnknownMessage:
     body: dict[str, Any] = field(default_factory=dict)
 
 
+_FIELDS: dict[type[Message], tuple[tuple[str, Any, Any], ...]] = {}
+
+
+def _fields(cls: type[Message]) -> tuple[tuple[str, Any, Any], ...]:
+    """(name, type hint, default) of each field of a message class, resolved once."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        hints = typing.get_type_hints(cls)
+        fields = tuple((f.name, hints[f.name], f.default) for f in dataclasses.fields(cls))
+        _FIELDS[cls] = fields
+    return fields
+
+
 def encode(message: Message) -> bytes:
-    body = {"type": str(message.TYPE), **dataclasses.asdict(message)}
+    body = {"type": str(message.TYPE)}
+    body.update((name, getattr(message, name)) for name, _, _ in _fields(type(message)))
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
@@ -142,16 +156,15 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _build(cls: type[Message], body: dict[str, Any]) -> Message:
-    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in body:
-            if f.default is dataclasses.MISSING:
-                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: missing field {f.name!r}")
+    for name, hint, default in _fields(cls):
+        if name not in body:
+            if default is dataclasses.MISSING:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: missing field {name!r}")
             continue
-        if not _type_ok(body[f.name], hints[f.name]):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: bad value for {f.name!r}")
-        kwargs[f.name] = body[f.name]
+        if not _type_ok(body[name], hint):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: bad value for {name!r}")
+        kwargs[name] = body[name]
     return cls(**kwargs)
 
 

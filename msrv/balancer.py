@@ -3,8 +3,11 @@
 A zone's ranks come from one sorted read of its set (ZRANGE by score, the ids ascending); each
 agent's list is then one `Algorithm.sort` (a bisect for roundrobin), so a zone of n hosts costs
 O(n log n). Only agents whose list, algorithm or check interval changed get an `ms_list`.
-Recomputes and admissions hold one lock, so an agent never sees a list pushed by an older
-computation after a newer one, nor an `ms_list` before its `ready`.
+Recomputes hold one lock, so they never interleave.
+
+Admission uses the zone's cached ids (msrv.ranks; a session brings them up to date with its
+registration first), so it runs without an await, sending `ready` and then the list, and a
+storm of startups costs no Redis read here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -23,6 +26,7 @@ from common.configstore import ConfigSnapshot, ConfigStore
 from common.keys import Keys
 from common.protocol import Message, Ready
 from common.settings import EffectiveSettings
+from msrv.ranks import ZoneRanks
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +92,8 @@ class Balancer:
         self.store = ConfigStore(redis, keys)
         self._snapshot: ConfigSnapshot | None = None
         self.zones: dict[str, dict[int, Agent]] = {}
-        self._zone_ids: dict[str, list[int]] = {}
+        self.ranks = ZoneRanks(redis, keys)
+        self._effective: dict[str | None, EffectiveSettings] = {}  # of the snapshot, by cluster
         self.lock = asyncio.Lock()
         self.regressed = False  # Redis holds older settings than those applied
         # Requests from events and polls, coalesced: a burst of registrations costs one
@@ -103,34 +108,45 @@ class Balancer:
             raise RuntimeError("settings not loaded yet")
         return self._snapshot
 
-    def effective(self, cluster: str) -> EffectiveSettings:
-        return self.snapshot.effective(cluster)
+    def effective(self, cluster: str | None) -> EffectiveSettings:
+        """The settings of a cluster (None: the global ones), parsed once per snapshot."""
+        settings = self._effective.get(cluster)
+        if settings is None:
+            settings = self._effective[cluster] = self.snapshot.effective(cluster)
+        return settings
+
+    def _apply(self, snapshot: ConfigSnapshot) -> None:
+        self._snapshot = snapshot
+        self._effective = {}
 
     async def load(self) -> None:
-        self._snapshot = await self.store.snapshot()
-        logger.info("settings at version %d", self._snapshot.version)
+        self._apply(await self.store.snapshot())
+        logger.info("settings at version %d", self.snapshot.version)
 
     # -- agents -------------------------------------------------------------------------------
 
-    async def admit(self, agent: Agent) -> None:
+    def admit(self, agent: Agent) -> None:
         """Serve a new session: send `ready`, then `ms_list` when its list is stale."""
-        async with self.lock:
-            self.zones.setdefault(agent.zone, {})[agent.host_id] = agent
-            settings = self.effective(agent.cluster)
-            ids = await self._zone_ids_for_admit(agent.zone)
-            agent.send(
-                Ready(
-                    host_id=agent.host_id,
-                    server=self.address,
-                    ping_interval=settings.ping_interval,
-                    ping_timeout=settings.ping_timeout,
-                    check_interval=settings.check_interval,
-                )
+        zone = agent.zone
+        self.zones.setdefault(zone, {})[agent.host_id] = agent
+        settings = self.effective(agent.cluster)
+        ids = self.ranks.get(zone)
+        if ids is None:  # not read (Redis failed): compute now, the recompute corrects it
+            ids = []
+            self.request_zone(zone)
+        agent.send(
+            Ready(
+                host_id=agent.host_id,
+                server=self.address,
+                ping_interval=settings.ping_interval,
+                ping_timeout=settings.ping_timeout,
+                check_interval=settings.check_interval,
             )
-            agent.held = Held(agent.held.ms_list, agent.held.algorithm, settings.check_interval)
-            offer = offer_for(settings, ids, agent.host_id)
-            if offer is not None and is_stale(offer, agent.held):
-                agent.deliver(offer, self.snapshot.version)
+        )
+        agent.held = Held(agent.held.ms_list, agent.held.algorithm, settings.check_interval)
+        offer = offer_for(settings, ids, agent.host_id)
+        if offer is not None and is_stale(offer, agent.held):
+            agent.deliver(offer, self.snapshot.version)
 
     def remove(self, agent: Agent) -> None:
         members = self.zones.get(agent.zone)
@@ -138,7 +154,6 @@ class Balancer:
             del members[agent.host_id]
             if not members:
                 del self.zones[agent.zone]
-                self._zone_ids.pop(agent.zone, None)
 
     def agents(self) -> list[Agent]:
         return [agent for members in self.zones.values() for agent in members.values()]
@@ -153,6 +168,8 @@ class Balancer:
         if zone in self.zones:
             self._dirty_zones.add(zone)
             self._wake.set()
+        else:  # nobody to recompute: the cache is merely forgotten, read again when needed
+            self.ranks.forget(zone)
 
     async def run(self) -> None:
         """Serve the requests, coalescing whatever arrived while the last one ran."""
@@ -189,7 +206,7 @@ class Balancer:
                 self._report_regression(snapshot, current)
                 return False
             self.regressed = False
-            self._snapshot = snapshot
+            self._apply(snapshot)
             logger.info("settings now at version %d", snapshot.version)
             for zone in list(self.zones):
                 await self._recompute(zone)
@@ -219,11 +236,16 @@ class Balancer:
         for zone in list(self.zones):
             await self.recompute_zone(zone)
 
+    def forget_unserved(self) -> None:
+        """Drop the cached ids of zones this server serves no agent in (no recompute keeps them
+        current), e.g. after events may have been missed."""
+        self.ranks.forget_all_but(set(self.zones))
+
     async def _recompute(self, zone: str) -> None:
         members = self.zones.get(zone)
         if not members:
             return
-        ids = await self._read_zone(zone)
+        ids = await self.ranks.read(zone)
         snapshot = self.snapshot
         per_cluster: dict[str, EffectiveSettings] = {}
         pushed = 0
@@ -236,28 +258,3 @@ class Balancer:
                 agent.deliver(offer, snapshot.version)
                 pushed += 1
         logger.debug("zone %s: %d agents, %d new lists", zone, len(members), pushed)
-
-    # -- zone ranks ---------------------------------------------------------------------------
-
-    async def _read_zone(self, zone: str) -> list[int]:
-        """The zone's ranked ids, ascending: one sorted read."""
-        members = cast(list[str], await self.redis.zrange(self.keys.zone_hosts(zone), 0, -1))
-        ids = [int(member) for member in members]
-        self._zone_ids[zone] = ids
-        return ids
-
-    async def _zone_ids_for_admit(self, zone: str) -> list[int]:
-        """The cached ids plus those added since (ids only grow); a full read when the count
-        does not match, e.g. after a removal."""
-        cached = self._zone_ids.get(zone)
-        if cached is None:
-            return await self._read_zone(zone)
-        after = f"({cached[-1]}" if cached else "-inf"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.zone_hosts(zone))
-            pipe.zrangebyscore(self.keys.zone_hosts(zone), after, "+inf")
-            count, newer = await pipe.execute()
-        cached.extend(int(member) for member in newer)
-        if len(cached) != count:
-            return await self._read_zone(zone)
-        return cached

@@ -4,26 +4,66 @@ Every write a server makes about a host carries that session's token. The startu
 claims the host unconditionally (the newest session wins); any later write, from that session or
 from a re-assert, is a Lua compare of the token, so a server that lost a session never
 overwrites state written by a newer session of the same host.
+
+A startup is one script (guid -> id, taking the next id for a new guid, and the claim), and
+sessions' writes are queued in order and pipelined (msrv.writes): a storm of startups costs a
+few round trips, with no lock and no pooled connection per agent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from common import events
 from common.events import EventType
 from common.keys import Keys
-from common.records import HostRecord, ServerRecord, ServerState
+from common.records import HostRecord, HostState, ServerRecord, ServerState
+from msrv.writes import Command, WriteQueue
 
 logger = logging.getLogger(__name__)
+
+# KEYS: guid map, id counter, zone set, zones set
+# ARGV: host key prefix (the id is appended), guid, zone, events channel, hosts.changed event,
+#       ranked ('1' | '0'), then the hash's field/value pairs.
+# Returns {id, previous zone, 1 if the guid was new, the host's rank in the zone (its size for
+# an unranked host, which ranks last), the zone's size}. The guid's id and the session's record
+# in one step: a new guid takes the next id (none is burned or reused), the newest session wins.
+_START_SESSION = """
+local id = redis.call('HGET', KEYS[1], ARGV[2])
+local new = 0
+if id then
+  if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(id) then
+    redis.call('SET', KEYS[2], id)
+  end
+else
+  id = tostring(redis.call('INCR', KEYS[2]))
+  redis.call('HSET', KEYS[1], ARGV[2], id)
+  new = 1
+end
+local host = ARGV[1] .. id
+local old_zone = redis.call('HGET', host, 'zone') or ''
+redis.call('HSET', host, unpack(ARGV, 7))
+redis.call('SADD', KEYS[4], ARGV[3])
+local moved
+if ARGV[6] == '1' then
+  moved = redis.call('ZADD', KEYS[3], id, id)
+else
+  moved = redis.call('ZREM', KEYS[3], id)
+end
+if moved == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+local count = redis.call('ZCARD', KEYS[3])
+local rank = count
+if ARGV[6] == '1' then rank = redis.call('ZRANK', KEYS[3], id) end
+return {tonumber(id), old_zone, new, rank, count}
+"""
 
 # KEYS: host hash, guid map, id counter, zone set, zones set
 # ARGV: mode ('claim' | 'assert'), token, id, guid, zone, events channel, hosts.changed event,
@@ -69,17 +109,72 @@ def _pairs(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+@dataclass(frozen=True)
+class Started:
+    """A session's record as registered, whether its guid was new, and its zone as the
+    registration saw it: the host's rank (ranked hosts; others rank last) and the zone's size."""
+
+    record: HostRecord
+    new: bool
+    rank: int
+    count: int
+
+
 @dataclass
 class HostRegistry:
+    """Sessions' writes go through one ordered queue (`run` is its writer), many per round trip;
+    `host_id` and `claim` write directly, for tools and tests."""
+
     redis: aioredis.Redis
     keys: Keys
 
     def __post_init__(self) -> None:
+        self._start = self.redis.register_script(_START_SESSION)
         self._write = self.redis.register_script(_WRITE_SESSION)
         self._update = self.redis.register_script(_UPDATE)
-        # Serialises this server's writes about hosts, so a re-assert built before an ack or
-        # a disconnect can never land after it.
-        self.lock = asyncio.Lock()
+        self.writes = WriteQueue(self.redis)
+
+    async def run(self) -> None:
+        await self.writes.run()
+
+    async def start(self, record: HostRecord) -> Started:
+        """Register a new session of the host: the guid's id (the next one for a new guid) and
+        its record, in one script; a host that moved zone then leaves its old one. `record.id`
+        is ignored."""
+        keys = [
+            self.keys.host_ids_by_guid,
+            self.keys.host_id_counter,
+            self.keys.zone_hosts(record.zone),
+            self.keys.zones,
+        ]
+        args: list[str | int] = [
+            self.keys.host(0).removesuffix("0"),  # the script appends the id it finds or takes
+            record.guid,
+            record.zone,
+            self.keys.events,
+            events.hosts_changed(record.zone),
+            "1" if record.ranked else "0",
+            *_pairs(record.to_hash()),
+        ]
+        host_id, old_zone, new, rank, count = await self.writes.call(
+            lambda pipe: self._start(keys=keys, args=args, client=pipe)
+        )
+        started = Started(replace(record, id=int(host_id)), bool(new), int(rank), int(count))
+        if old_zone and old_zone != record.zone:
+            await self.writes.call_many(self._leave_zone(started.record.id, old_zone))
+        return started
+
+    def _leave_zone(self, host_id: int, zone: str) -> list[Command]:
+        zone_key = self.keys.zone_hosts(zone)
+        event = events.hosts_changed(zone)
+
+        async def remove(pipe: Pipeline) -> object:
+            return pipe.zrem(zone_key, host_id)
+
+        async def publish(pipe: Pipeline) -> object:
+            return pipe.publish(self.keys.events, event)
+
+        return [remove, publish]
 
     async def host_id(self, guid: str) -> int:
         """The guid's id; a new guid takes the next id (a lost race burns one, never reused)."""
@@ -113,44 +208,39 @@ class HostRegistry:
         return keys, args
 
     async def claim(self, record: HostRecord) -> None:
-        """Record a new session of the host; a host that moved zone leaves its old one."""
-        async with self.lock:
-            keys, args = self._write_args("claim", record)
-            _, old_zone = await self._write(keys=keys, args=args)
-            if old_zone and old_zone != record.zone:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.zrem(self.keys.zone_hosts(old_zone), record.id)
-                    pipe.publish(self.keys.events, events.hosts_changed(old_zone))
-                    await pipe.execute()
+        """Record a new session of a host whose id is known, directly (not queued)."""
+        keys, args = self._write_args("claim", record)
+        _, old_zone = await self._write(keys=keys, args=args)
+        if old_zone and old_zone != record.zone:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.zone_hosts(old_zone), record.id)
+                pipe.publish(self.keys.events, events.hosts_changed(old_zone))
+                await pipe.execute()
+
+    def _update_command(self, record: HostRecord, fields: dict[str, str]) -> Command:
+        keys = [self.keys.host(record.id)]
+        args: list[str | int] = [record.session, *_pairs(fields)]
+        return lambda pipe: self._update(keys=keys, args=args, client=pipe)
 
     async def update(self, record: HostRecord, **fields: str) -> Write:
         """Write some fields if the record's session still owns the host."""
-        async with self.lock:
-            args: list[str | int] = [record.session, *_pairs(fields)]
-            return Write(int(await self._update(keys=[self.keys.host(record.id)], args=args)))
+        return Write(int(await self.writes.call(self._update_command(record, fields))))
 
     async def reassert(self, records: Sequence[HostRecord]) -> list[Write]:
         """Re-write the hosts this server serves (recreating what an emptied Redis lost);
         a host now owned by a newer session is left alone and reported SUPERSEDED."""
-        if not records:
-            return []
-        async with self.lock, self.redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                keys, args = self._write_args("assert", record)
-                await self._write(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+
+        def command(record: HostRecord) -> Command:
+            keys, args = self._write_args("assert", record)
+            return lambda pipe: self._write(keys=keys, args=args, client=pipe)
+
+        replies = await self.writes.call_many(command(r) for r in records)
         return [Write(int(status)) for status, _ in replies]
 
     async def disconnect(self, records: Sequence[HostRecord]) -> None:
         """Mark hosts disconnected, each only if its session is still the one recorded."""
-        if not records:
-            return
-        now = f"{time.time():.3f}"
-        async with self.lock, self.redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                args = [record.session, "state", "disconnected", "last_seen", now]
-                await self._update(keys=[self.keys.host(record.id)], args=args, client=pipe)
-            await pipe.execute()
+        fields = {"state": str(HostState.DISCONNECTED), "last_seen": f"{time.time():.3f}"}
+        await self.writes.call_many(self._update_command(r, fields) for r in records)
 
 
 @dataclass

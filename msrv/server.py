@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 # A fleet reconnecting at once (a failover) must not overflow the accept queue: a dropped SYN
 # costs its agent a 1 s retransmit. The kernel caps this at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+REDIS_CONNECTIONS = 16
 
 
 class Server:
@@ -40,7 +41,11 @@ class Server:
         self.keys = Keys(settings.namespace)
         # One immediate reconnect per command: a stale pooled socket after a Redis restart is
         # replaced at once; a Redis that is down fails fast instead of hiding behind sleeps.
-        self.redis: aioredis.Redis = redis_from_url(settings.redis_url, retries=1)
+        # Sessions' writes are pipelined by one writer, so a few connections serve any number
+        # of agents; a caller waits for a free one rather than failing.
+        self.redis: aioredis.Redis = redis_from_url(
+            settings.redis_url, retries=1, max_connections=REDIS_CONNECTIONS
+        )
         self.events_redis: aioredis.Redis = redis_from_url(settings.redis_url, retries=0)
         balancer = Balancer(self.redis, self.keys, settings.advertise)
         self.hub = Hub(settings, HostRegistry(self.redis, self.keys), balancer)
@@ -62,6 +67,8 @@ class Server:
             await self._startup()
             async with asyncio.TaskGroup() as tasks:
                 background = [
+                    tasks.create_task(self.hub.registry.run()),
+                    tasks.create_task(self.hub.activity.run()),
                     tasks.create_task(self.hub.balancer.run()),
                     tasks.create_task(self._subscriber().run()),
                     tasks.create_task(self._housekeeping()),
@@ -143,6 +150,7 @@ class Server:
     async def _resync(self) -> None:
         """After (re)subscribing: settings, lists, then the hosts this server serves."""
         balancer = self.hub.balancer
+        balancer.forget_unserved()
         if not await balancer.apply_settings(trusted=False):
             await balancer.recompute_all()  # zone events may have been missed
         await self._reassert()

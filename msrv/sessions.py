@@ -36,9 +36,10 @@ from common.protocol import (
     read_message,
 )
 from common.records import HostRecord, HostState
+from msrv.activity import Activity
 from msrv.balancer import Balancer, Held, Offer
 from msrv.config import ServerSettings
-from msrv.registry import HostRegistry, Write
+from msrv.registry import HostRegistry, Started, Write
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,14 @@ class Hub:
     available: bool = True  # Redis answers (the subscriber is connected)
     stopping: bool = False
     sessions: dict[int, Session] = field(default_factory=dict)  # by host id, once started
+    activity: Activity = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.activity = Activity(self.settings.server_id, lambda: len(self.sessions))
 
     def silence_limit(self) -> float:
-        snapshot = self.balancer.snapshot.effective()
-        return float(snapshot.ping_interval * snapshot.ping_timeout)
+        settings = self.balancer.effective(None)
+        return float(settings.ping_interval * settings.ping_timeout)
 
 
 class Session:
@@ -147,12 +152,13 @@ class Session:
             logger.warning("%s: %s; closing", self, exc.message)
             await self._last_word(Error(exc.code, exc.message))
         except Refused as exc:
-            logger.info("%s refused: %s", self, exc)
+            logger.debug("%s refused: %s", self, exc)
+            self.hub.activity.note("refused")
             await self._last_word(exc.error)
         except TimeoutError:
             logger.warning("%s silent for %.0fs; disconnected", self, self.hub.silence_limit())
         except (ConnectionError, OSError) as exc:
-            logger.info("%s connection lost: %s", self, exc)
+            logger.debug("%s connection lost: %s", self, exc)
         finally:
             await self._close()
 
@@ -161,7 +167,7 @@ class Session:
             async with asyncio.timeout(self.hub.silence_limit()):
                 message = await read_message(self.reader)
             if message is None:
-                logger.info("%s closed the connection", self)
+                logger.debug("%s closed the connection", self)
                 return
             if isinstance(message, UnknownMessage):
                 logger.warning("%s sent unknown message type %r; ignored", self, message.type)
@@ -194,6 +200,7 @@ class Session:
             if not self.superseded and not self.hub.stopping:
                 with contextlib.suppress(RedisError):
                     await self.hub.registry.disconnect([record])
+            self.hub.activity.note("ended")
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             async with asyncio.timeout(1.0):
@@ -211,25 +218,30 @@ class Session:
                 ErrorCode.UNAVAILABLE, "server cannot register hosts now; retry", retryable=True
             )
         try:
-            record = await self._register(message)
+            started = await self._register(message)
         except RedisError as exc:
             raise Refused(
                 ErrorCode.UNAVAILABLE, f"registry unavailable: {exc}", retryable=True
             ) from None
+        record = started.record
+        await self.hub.balancer.ranks.catch_up(
+            record.zone, record.id, ranked=record.ranked, rank=started.rank, count=started.count
+        )
         older = self.hub.sessions.get(record.id)
         if older is not None:
             older.supersede()
         self.record = record
         self.held = Held(record.ms_list, record.algorithm, None)
         self.hub.sessions[record.id] = self
-        logger.info("%s started (zone %s, cluster %s)", self, record.zone, record.cluster)
-        await self.hub.balancer.admit(self)
+        logger.debug("%s started (zone %s, cluster %s)", self, record.zone, record.cluster)
+        self.hub.activity.note("started")
+        if started.new:
+            self.hub.activity.note("new")
+        self.hub.balancer.admit(self)
 
-    async def _register(self, message: Startup) -> HostRecord:
-        registry = self.hub.registry
-        host_id = await registry.host_id(message.guid)
+    async def _register(self, message: Startup) -> Started:
         record = HostRecord(
-            id=host_id,
+            id=0,  # the registry finds or takes the guid's id
             guid=message.guid,
             name=message.name,
             type=message.host_type,
@@ -243,8 +255,7 @@ class Session:
             check_interval=self.hub.balancer.effective(message.cluster).check_interval,
             last_seen=time.time(),
         )
-        await registry.claim(record)
-        return record
+        return await self.hub.registry.start(record)
 
     async def on_ack(self, message: Ack) -> None:
         if self.record is None:

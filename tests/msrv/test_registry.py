@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-import redis.asyncio as aioredis
+import pytest
+from redis.exceptions import ResponseError
 
 from common.connection import redis_from_url
 from common.keys import Keys
@@ -32,21 +34,65 @@ def record(host_id: int, session: str, **fields: object) -> HostRecord:
 
 
 def run(
-    redis_url: str, namespace: str, work: Callable[[aioredis.Redis, Keys], Awaitable[None]]
+    redis_url: str, namespace: str, work: Callable[[HostRegistry, Keys], Awaitable[None]]
 ) -> None:
+    """`work` gets a registry whose writer runs (queued writes need it)."""
+
     async def main() -> None:
         redis = redis_from_url(redis_url)
+        registry = HostRegistry(redis, Keys(namespace))
+        writer = asyncio.create_task(registry.run())
         try:
-            await work(redis, Keys(namespace))
+            await work(registry, Keys(namespace))
         finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
             await redis.aclose()
 
     asyncio.run(main())
 
 
+def test_start_assigns_ids_once_in_one_script_and_never_reuses_them(
+    redis_url: str, namespace: str
+) -> None:
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        redis = registry.redis
+        racing = [record(0, f"s{i}", guid=f"g{i % 5}") for i in range(40)]
+        started = await asyncio.gather(*(registry.start(r) for r in racing))
+        ids = {s.record.guid: s.record.id for s in started}
+        assert sorted(ids.values()) == [1, 2, 3, 4, 5]  # none burned
+        assert all(s.record.id == ids[s.record.guid] for s in started)
+        assert sum(s.new for s in started) == 5
+        assert await redis.get(keys.host_id_counter) == "5"
+        assert await redis.zrange(keys.zone_hosts("z1"), 0, -1) == ["1", "2", "3", "4", "5"]
+        (host,) = [h for h in await load_hosts(redis, keys) if h.id == ids["g0"]]
+        assert host.guid == "g0" and host.session in {f"s{i}" for i in range(0, 40, 5)}
+        await redis.hdel(keys.host_ids_by_guid, "g0")  # retired
+        again = await registry.start(record(0, "t", guid="g0"))
+        assert again.new and again.record.id == 6
+
+    run(redis_url, namespace, work)
+
+
+def test_a_failed_write_fails_only_its_caller_and_the_queue_goes_on(
+    redis_url: str, namespace: str
+) -> None:
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        await registry.redis.set(keys.host(1), "not a hash")
+        bad, good = record(1, "a"), record(2, "b")
+        results = await asyncio.gather(
+            registry.reassert([bad]), registry.reassert([good]), return_exceptions=True
+        )
+        assert isinstance(results[0], ResponseError)
+        assert results[1] == [Write.WRITTEN]
+
+    run(redis_url, namespace, work)
+
+
 def test_ids_are_assigned_once_and_never_reused(redis_url: str, namespace: str) -> None:
-    async def work(redis: aioredis.Redis, keys: Keys) -> None:
-        registry = HostRegistry(redis, keys)
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        redis = registry.redis
         ids = await asyncio.gather(*(registry.host_id(f"g{i % 5}") for i in range(40)))
         per_guid = {f"g{i % 5}": ids[i] for i in range(40)}
         assert all(ids[i] == per_guid[f"g{i % 5}"] for i in range(40))
@@ -57,15 +103,19 @@ def test_ids_are_assigned_once_and_never_reused(redis_url: str, namespace: str) 
     run(redis_url, namespace, work)
 
 
-def test_claim_publishes_zone_change_once_and_moves_zones(redis_url: str, namespace: str) -> None:
-    async def work(redis: aioredis.Redis, keys: Keys) -> None:
-        registry = HostRegistry(redis, keys)
+@pytest.mark.parametrize("how", ["claim", "start"])
+def test_claim_publishes_zone_change_once_and_moves_zones(
+    redis_url: str, namespace: str, how: str
+) -> None:
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        redis = registry.redis
+        write = registry.claim if how == "claim" else registry.start
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.events)
-        await registry.claim(record(1, "s1"))
-        await registry.claim(record(1, "s2"))  # reconnect: ranks unchanged, no event
-        await registry.claim(record(1, "s3", zone="z2"))  # moved
-        await registry.claim(record(2, "t1", type="storage"))  # not ranked
+        await write(record(1, "s1"))
+        await write(record(1, "s2"))  # reconnect: ranks unchanged, no event
+        await write(record(1, "s3", zone="z2"))  # moved
+        await write(record(2, "t1", type="storage"))  # not ranked
         await redis.publish(keys.events, '{"type": "end"}')  # marks the end of the stream
         events = []
         async with asyncio.timeout(5):
@@ -87,8 +137,8 @@ def test_claim_publishes_zone_change_once_and_moves_zones(redis_url: str, namesp
 
 
 def test_a_lost_session_never_overwrites_a_newer_one(redis_url: str, namespace: str) -> None:
-    async def work(redis: aioredis.Redis, keys: Keys) -> None:
-        registry = HostRegistry(redis, keys)
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        redis = registry.redis
         old, new = record(1, "old", server="ms1"), record(1, "new", server="ms2")
         await registry.claim(old)
         await registry.claim(new)
@@ -106,8 +156,8 @@ def test_a_lost_session_never_overwrites_a_newer_one(redis_url: str, namespace: 
 
 
 def test_reassert_rebuilds_what_an_empty_redis_lost(redis_url: str, namespace: str) -> None:
-    async def work(redis: aioredis.Redis, keys: Keys) -> None:
-        registry = HostRegistry(redis, keys)
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        redis = registry.redis
         served = [record(4, "a"), record(9, "b", zone="z2")]
         assert await registry.reassert(served) == [Write.WRITTEN, Write.WRITTEN]
         assert await redis.get(keys.host_id_counter) == "9"

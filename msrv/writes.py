@@ -1,0 +1,96 @@
+"""Redis writes queued in order and sent many per round trip.
+
+A storm of startups, acks and disconnects then costs a few pipelines instead of one round trip
+(and one pooled connection) each. One writer task sends the queue in order, so a write queued
+before another lands before it: a re-assert built before an ack or a disconnect can never land
+after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+# Queues exactly one command on the pipeline (awaitable: redis-py's scripts are coroutines).
+Command = Callable[[Pipeline], Awaitable[object]]
+
+MAX_BATCH = 1000  # commands per pipeline
+
+
+class WriteQueue:
+    def __init__(self, redis: aioredis.Redis, *, max_batch: int = MAX_BATCH) -> None:
+        self.redis = redis
+        self.max_batch = max_batch
+        self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()
+        self._wake = asyncio.Event()
+        self.running = False
+
+    def submit(self, command: Command) -> asyncio.Future[Any]:
+        """Queue one command; the future gets its reply (or its error, a RedisError)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        self._wake.set()
+        return future
+
+    async def call(self, command: Command) -> Any:
+        return await self.submit(command)
+
+    async def call_many(self, commands: Iterable[Command]) -> list[Any]:
+        """Queue the commands together; their replies in order, or the first error."""
+        futures = [self.submit(c) for c in commands]
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    async def run(self) -> None:
+        """The writer: sends whatever queued up while the last batch was in flight."""
+        self.running = True
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    size = min(len(self._queue), self.max_batch)
+                    await self._send([self._queue.popleft() for _ in range(size)])
+        finally:
+            self.running = False
+            while self._queue:
+                _, future = self._queue.popleft()
+                if not future.done():
+                    future.set_exception(RedisError("the writer stopped"))
+
+    async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        batch = [(command, future) for command, future in batch if not future.done()]
+        if not batch:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command, _ in batch:
+                    await command(pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(copy.copy(exc))
+            return
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(RedisError(f"write abandoned: {exc!r}"))
+            raise
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
