@@ -131,10 +131,14 @@ def _fields(cls: type[Message]) -> tuple[tuple[str, Any, Any], ...]:
     return fields
 
 
+# json.dumps with any non-default option builds a new encoder per call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(message: Message) -> bytes:
     body = {"type": str(message.TYPE)}
     body.update((name, getattr(message, name)) for name, _, _ in _fields(type(message)))
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODER.encode(body).encode() + b"\n"
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -47,6 +47,10 @@ LINGER = 2.0  # seconds to wait for the agent to read an error before closing
 READ_CHUNK = 64 * 1024
 
 
+class SilentError(TimeoutError):
+    """The agent sent nothing for ping.interval x ping.timeout."""
+
+
 class Refused(Exception):
     """End the session with an `error` message."""
 
@@ -88,6 +92,10 @@ class Session:
         self.held = Held((), None, None)
         self.pushed: dict[int, Offer] = {}
         self.superseded = False
+        self._loop_time = asyncio.get_running_loop().time
+        self._heard = self._loop_time()  # when the agent last sent anything
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._corked: list[bytes] | None = None  # while a message is handled: what it sends
         self._handlers: dict[MessageType, Callable[[Any], Awaitable[None]]] = {
             MessageType.STARTUP: self.on_startup,
             MessageType.ACK: self.on_ack,
@@ -124,6 +132,9 @@ class Session:
         self._write(encode(message))
 
     def _write(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(data)
+            return
         if self.writer.is_closing():
             return
         self.writer.write(data)
@@ -137,15 +148,23 @@ class Session:
         self.held = Held(offer.ms_list, offer.algorithm, offer.check_interval)
         self.pushed[version] = offer
 
+    def _uncork(self) -> None:
+        """Send what the handler of a message sent (`ready` and `ms_list`: one segment)."""
+        corked, self._corked = self._corked, None
+        if corked:
+            self._write(b"".join(corked))
+
     def supersede(self) -> None:
         """A newer session of this host exists: leave its state alone and hang up."""
         self.superseded = True
+        self._uncork()
         self.send(Error(ErrorCode.SUPERSEDED, "a newer session of this host took over"))
         self.writer.close()
 
     # -- the connection ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._watch()
         try:
             await self._loop()
         except ProtocolError as exc:
@@ -155,17 +174,28 @@ class Session:
             logger.debug("%s refused: %s", self, exc)
             self.hub.activity.note("refused")
             await self._last_word(exc.error)
-        except TimeoutError:
+        except SilentError:
             logger.warning("%s silent for %.0fs; disconnected", self, self.hub.silence_limit())
         except (ConnectionError, OSError) as exc:
             logger.debug("%s connection lost: %s", self, exc)
         finally:
             await self._close()
 
+    def _watch(self) -> None:
+        """One timer per silence period, not one per message: when it fires, an agent heard
+        from since gets a new one; a silent one gets SilentError in its next read."""
+        limit = self.hub.silence_limit()
+        deadline = self._heard + limit
+        if self._loop_time() < deadline:
+            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._watch)
+        else:
+            self._watchdog = None
+            self.reader.set_exception(SilentError(f"silent for {limit:.0f}s"))
+
     async def _loop(self) -> None:
         while True:
-            async with asyncio.timeout(self.hub.silence_limit()):
-                message = await read_message(self.reader)
+            message = await read_message(self.reader)
+            self._heard = self._loop_time()
             if message is None:
                 logger.debug("%s closed the connection", self)
                 return
@@ -176,7 +206,11 @@ class Session:
             if handler is None:
                 logger.warning("%s sent %s, which agents do not send; ignored", self, message.TYPE)
                 continue
-            await handler(message)
+            self._corked = []
+            try:
+                await handler(message)
+            finally:
+                self._uncork()
             await self.writer.drain()
 
     async def _last_word(self, error: Error) -> None:
@@ -192,6 +226,8 @@ class Session:
                     pass
 
     async def _close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         record = self.record
         if record is not None:
             self.hub.balancer.remove(self)

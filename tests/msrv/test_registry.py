@@ -69,8 +69,10 @@ def test_start_assigns_ids_once_in_one_script_and_never_reuses_them(
         (host,) = [h for h in await load_hosts(redis, keys) if h.id == ids["g0"]]
         assert host.guid == "g0" and host.session in {f"s{i}" for i in range(0, 40, 5)}
         await redis.hdel(keys.host_ids_by_guid, "g0")  # retired
-        again = await registry.start(record(0, "t", guid="g0"))
+        again = await registry.start(record(0, "t", guid="g0", name='hôte "ü" 🖥'))
         assert again.new and again.record.id == 6
+        fields = await redis.hgetall(keys.host(6))
+        assert HostRecord.from_hash(6, fields) == again.record  # as given (packed as JSON)
 
     run(redis_url, namespace, work)
 
