@@ -28,12 +28,13 @@ _PHRASES = {
 
 
 class Activity:
-    def __init__(self, server_id: str, sessions: Callable[[], int]) -> None:
+    def __init__(self, server_id: str, sessions: Callable[[], int], period: float = PERIOD) -> None:
         self.server_id = server_id
         self.sessions = sessions  # how many sessions are open now
+        self.period = period
         self.counts: Counter[str] = Counter()
         self._wake = asyncio.Event()
-        self._last = -PERIOD
+        self._last = -period
 
     def note(self, event: str) -> None:
         self.counts[event] += 1
@@ -42,7 +43,7 @@ class Activity:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(max(0.0, self._last + PERIOD - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._last + self.period - time.monotonic()))
             self._wake.clear()
             self._last = time.monotonic()
             self.report()
