@@ -1,0 +1,320 @@
+"""Convergence of real agents: time from `host` being set to each agent having persisted its new
+list, against the floor of the same run.
+
+A redis-server, 3 `msrv serve` and one `agentd swarm` of N agents (roundrobin, so the agents are
+spread over the 3 servers). K times, `host` is rotated (A,B,C -> B,C,A -> ...): the clock starts
+before the setting is written (what `msctl config set` runs); each agent's list is persisted
+when its agent.properties has been renamed into place (the folder's mtime: the rename is the
+folder's last change), and acked when its server recorded the ack (the registry's last_seen,
+stamped when the ack arrives). The file's host= is checked against the registry after each
+repetition. Between repetitions the agents move to their new first entry (make-before-break)
+and the run waits for that to settle. ping.interval is 60 s so heartbeats do not mix in.
+
+The floor, in the same run: a minimal asyncio program (a child process, one event loop) that
+writes the same ms_list frames to N sockets, persists N agent.properties exactly the way the agent
+does (common.properties.update_properties: temp file, fsync, rename, folder fsync) on a 16-thread
+pool, and reads N acks; once with fsync, once with fsync made a no-op.
+
+    .venv/bin/python bench/convergence.py [--agents 3000] [--repeats 3] [--profile DIR]
+
+Prints a table, then one JSON line (the last line). Target: agents' max <= 1.5 x floor (fsync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib
+from benchlib import HostView, host_views, print_json, print_table, summary
+from profiling import Recorder, summarise
+
+from agentd import config
+from agentd.swarm import SwarmSpec, prepare_properties
+from common import protocol
+from common.properties import AgentProperties, update_properties
+from common.protocol import Ack, MsList
+from msctl.lab import Lab
+
+POLL = 0.1
+SETTLE = 20.0  # seconds given to the moves to the new first entries after a repetition
+WAIT = 90.0  # seconds for one repetition to converge
+DEADLINE = 900.0  # seconds for the whole run
+PERSIST_THREADS = 16
+TARGET_RATIO = 1.5
+
+
+# ---------------------------------------------------------------- the agents
+
+
+def rotate(items: list[str], k: int) -> list[str]:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+async def wait_settled(lab: Lab, count: int, limit: float, strict: bool = True) -> int:
+    """Until every host is connected and sits on its list's first entry. (A host's acked
+    version is not checked: a new session starts its record at 0 when the list is current.)
+    Returns how many are not settled when `limit` passes (raises instead when `strict`)."""
+    ids = {m.listen: m.server_id for m in lab.members}
+    deadline = time.monotonic() + limit
+    while True:
+        client = lab.redis()
+        try:
+            views = await host_views(client, lab.keys)
+        finally:
+            await client.aclose()
+        done = [
+            v for v in views
+            if v.state == "connected" and ids.get(v.ms_list.split(",")[0]) == v.server
+        ]  # fmt: skip
+        if len(done) == count:
+            return 0
+        if time.monotonic() > deadline:
+            if not strict:
+                return count - len(done)
+            raise TimeoutError(f"only {len(done)}/{count} agents settled")
+        await asyncio.sleep(0.5)
+
+
+def folder_times(agents_dir: Path, count: int) -> list[float]:
+    """Each agent folder's last change (time.time scale): the rename of its agent.properties."""
+    return [(agents_dir / f"agent-{i:04d}").stat().st_mtime_ns / 1e9 for i in range(1, count + 1)]
+
+
+async def wait_persisted(agents_dir: Path, count: int, since: float, limit: float) -> float:
+    """Poll the folders every 100 ms until all changed after `since`; then a last look once the
+    writes are over (a folder also changes when the temp file is made, before the rename).
+    Returns the time (time.time) of the poll that saw them all."""
+    deadline = time.monotonic() + limit
+    while True:
+        started = time.monotonic()
+        changed = sum(1 for t in folder_times(agents_dir, count) if t > since)
+        if changed >= count:
+            return time.time()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {changed}/{count} agents persisted a new list")
+        await asyncio.sleep(max(0.0, POLL - (time.monotonic() - started)))
+
+
+def check_files(agents_dir: Path, views: list[HostView], host: list[str]) -> int:
+    """How many agent.properties hold the list the registry has for their guid, and that list
+    is a rotation of `host` (roundrobin)."""
+    by_guid = {v.guid: v.ms_list for v in views}
+    rotations = {",".join(rotate(host, k)) for k in range(len(host))}
+    good = 0
+    for folder in agents_dir.glob("agent-*"):
+        props = AgentProperties.load(folder / "agent.properties")
+        listed = (props.get(config.HOST) or "").split("@")[0]
+        if listed in rotations and by_guid.get(props.get(config.GUID) or "") == listed:
+            good += 1
+    return good
+
+
+async def run_agents(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[int, list[dict[str, object]]]:
+    lab = Lab(workdir / "lab", servers=3, agents=args.agents, namespace="bench", port=0)
+    rows: list[dict[str, object]] = []
+    recorder: Recorder | None = None
+    try:
+        await lab.start(algorithm="roundrobin", ping_interval="60")
+        base = lab.addresses
+        agents_dir = workdir / "lab" / "agents"
+        off_at_start = await wait_settled(
+            lab, args.agents, SETTLE + args.agents / 100, strict=False
+        )
+        assert lab.swarm is not None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            recorder = Recorder(lab.swarm.pid, args.profile / "convergence-swarm.txt",
+                                args.repeats * 25)  # fmt: skip
+        for k in range(1, args.repeats + 1):
+            host = rotate(base, k)
+            await asyncio.sleep(1.0)  # quiet before the clock starts
+            started = time.time()
+            version = await lab.configure(host=",".join(host))
+            seen = await wait_persisted(agents_dir, args.agents, started, WAIT)
+            await asyncio.sleep(1.0)  # the last renames land
+            persisted = [t - started for t in folder_times(agents_dir, args.agents)]
+            unsettled = await wait_settled(lab, args.agents, SETTLE, strict=False)
+            client = lab.redis()
+            try:
+                views = await host_views(client, lab.keys)
+            finally:
+                await client.aclose()
+            good = check_files(agents_dir, views, host)
+            rows.append({
+                "repeat": k,
+                "host": ",".join(h.split(":")[0] for h in host),
+                "version": version,
+                "persisted": summary(persisted),
+                "seen_by_poll_s": round(seen - started, 3),
+                "files_ok": good,
+                "off_first_entry_after_s": {SETTLE: unsettled},
+            })  # fmt: skip
+            await wait_settled(lab, args.agents, 60)
+    finally:
+        if recorder is not None:
+            recorder.stop()
+        await lab.stop()
+    return off_at_start, rows
+
+
+# ---------------------------------------------------------------- the floor
+
+
+async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
+    """Frames to N sockets, N files persisted like the agent does, N acks read."""
+    if not fsync:
+        os.fsync = lambda fd: None  # this child process only
+    addresses = ["127.0.0.1:8250", "127.0.0.2:8250", "127.0.0.3:8250"]
+    spec = SwarmSpec(count, directory, host=",".join(addresses) + "@roundrobin")
+    paths = [prepare_properties(spec, i) for i in range(1, count + 1)]
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(PERSIST_THREADS))
+    accepted: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    all_in = asyncio.Event()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append((reader, writer))
+        if len(accepted) == count:
+            all_in.set()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, backlog=4096,
+                                        limit=protocol.READER_LIMIT)  # fmt: skip
+    port = server.sockets[0].getsockname()[1]
+
+    async def agent(path: Path) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                       limit=protocol.READER_LIMIT)  # fmt: skip
+        message = await protocol.read_message(reader)
+        assert isinstance(message, MsList)
+        value = ",".join(message.ms_list) + "@" + message.algorithm
+        await asyncio.to_thread(update_properties, path, {config.HOST: value})
+        writer.write(protocol.encode(Ack(message.version)))
+        await writer.drain()
+        await reader.read()  # until the server closes
+        writer.close()
+
+    agents = [asyncio.create_task(agent(p)) for p in paths]
+    await asyncio.wait_for(all_in.wait(), 120)
+    frames = [
+        protocol.encode(MsList(addresses[r:] + addresses[:r], "roundrobin", 0, 2)) for r in range(3)
+    ]
+    times: list[float] = []
+
+    async def read_ack(reader: asyncio.StreamReader, started: float) -> None:
+        message = await protocol.read_message(reader)
+        assert isinstance(message, Ack)
+        times.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    for i, (_, writer) in enumerate(accepted):
+        writer.write(frames[i % 3])
+    await asyncio.gather(*(read_ack(r, started) for r, _ in accepted))
+    for _, writer in accepted:
+        writer.close()
+    await asyncio.gather(*agents)
+    server.close()
+    return {"fsync": fsync, "agents": count, **summary(times)}
+
+
+async def run_floor(count: int, workdir: Path, fsync: bool) -> dict[str, object]:
+    folder = workdir / f"floor-{'fsync' if fsync else 'nofsync'}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--floor-child", str(count), "--dir", str(folder),
+        *([] if fsync else ["--no-fsync"]), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 180)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"floor child exited {process.returncode}")
+    result: dict[str, object] = json.loads(out.decode().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-convergence-") as tmp:
+        workdir = Path(tmp)
+        floors = [await run_floor(args.agents, workdir, fsync) for fsync in (True, False)]
+        off_at_start, reps = await run_agents(args, workdir)
+    floor_max = float(floors[0]["max_s"])  # type: ignore[arg-type]
+    maxima = sorted(float(r["persisted"]["max_s"]) for r in reps)  # type: ignore[index]
+    worst, median = maxima[-1], maxima[len(maxima) // 2]
+    result: dict[str, object] = {
+        "bench": "convergence",
+        "agents": args.agents,
+        "servers": 3,
+        "off_first_entry_at_start": off_at_start,
+        "repeats": reps,
+        "floor_fsync": floors[0],
+        "floor_nofsync": floors[1],
+        "agents_max_median_s": median,
+        "agents_max_worst_s": worst,
+        "ratio_median": round(median / floor_max, 2),
+        "ratio_worst": round(worst / floor_max, 2),
+        "target_ratio": TARGET_RATIO,
+        "met": worst <= TARGET_RATIO * floor_max,
+        "revision": benchlib.revision(),
+    }
+    return result
+
+
+def print_result(result: dict[str, object]) -> None:
+    rows: list[list[object]] = []
+    for rep in result["repeats"]:  # type: ignore[attr-defined]
+        p = rep["persisted"]
+        name = f"agents rep {rep['repeat']} ({rep['host']})"
+        ok = f"{rep['files_ok']}/{result['agents']}"
+        rows.append([name, p["p50_s"], p["p99_s"], p["max_s"], rep["seen_by_poll_s"], ok])
+    for key in ("floor_fsync", "floor_nofsync"):
+        f = result[key]
+        rows.append([key.replace("_", " "), f["p50_s"], f["p99_s"], f["max_s"], "-", "-"])  # type: ignore[index]
+    print_table(rows, ["run", "p50 s", "p99 s", "max s", "poll saw all s", "files ok"])
+    print(f"agents max / floor max (fsync): median rep {result['ratio_median']}, "
+          f"worst rep {result['ratio_worst']} (target <= {TARGET_RATIO})")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the swarm into DIR")
+    parser.add_argument("--floor-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    benchlib.raise_nofile(4 * (args.floor_child or args.agents) + 1024)
+    if args.floor_child is not None:
+        print_json(asyncio.run(floor(args.floor_child, args.dir, not args.no_fsync)))
+        return
+    with benchlib.leftovers_killed():
+        result = asyncio.run(asyncio.wait_for(run(args), DEADLINE))
+    if args.profile is not None:
+        samples, own, _ = summarise(args.profile / "convergence-swarm.txt", 12)
+        print(f"py-spy of the swarm: {samples} samples; top self time:")
+        for frame, n in own:
+            print(f"  {100 * n / max(samples, 1):5.1f}%  {frame}")
+    print_result(result)
+    print_json(result)
+
+
+if __name__ == "__main__":
+    main()
