@@ -38,6 +38,17 @@ def _redis_option(func: click.decorators.FC) -> click.decorators.FC:
     )(func)
 
 
+_dir_option = click.option(
+    "--dir",
+    "directory",
+    envvar=LAB_DIR_ENV,
+    default=DEFAULT_LAB_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"the lab's folder (holds lab.json) [env {LAB_DIR_ENV}]",
+)
+
+
 # ---- lab up -------------------------------------------------------------------------------------
 
 
@@ -46,15 +57,7 @@ def _redis_option(func: click.decorators.FC) -> click.decorators.FC:
 @click.option("--agents", default=3, show_default=True, type=click.IntRange(0, 20_000))
 @_redis_option
 @click.option("--namespace", envvar="MSRV_NAMESPACE", default="lab", show_default=True)
-@click.option(
-    "--dir",
-    "directory",
-    envvar=LAB_DIR_ENV,
-    default=DEFAULT_LAB_DIR,
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help=f"agents' files and lab.json [env {LAB_DIR_ENV}]",
-)
+@_dir_option
 def lab_up(
     servers: int, agents: int, redis_url: str | None, namespace: str, directory: Path
 ) -> None:
@@ -179,17 +182,6 @@ def _control(directory: Path, action: str, server: str) -> None:
 
     asyncio.run(ask())
     click.echo(f"{server_id} {'killed' if action == 'kill' else 'started'}")
-
-
-_dir_option = click.option(
-    "--dir",
-    "directory",
-    envvar=LAB_DIR_ENV,
-    default=DEFAULT_LAB_DIR,
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help=f"the lab's folder (holds lab.json) [env {LAB_DIR_ENV}]",
-)
 
 
 @lab_group.command("kill")
