@@ -162,7 +162,7 @@ async def run_agents(
                 "files_ok": good,
                 "off_first_entry_after_s": {SETTLE: unsettled},
             })  # fmt: skip
-            await wait_settled(lab, args.agents, 60)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         if recorder is not None:
             recorder.stop()

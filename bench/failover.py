@@ -467,7 +467,7 @@ def main() -> None:
     parser.add_argument("--floor-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--addresses", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    benchlib.raise_nofile(4 * args.agents + 1024)
+    benchlib.raise_nofile(2 * args.agents + 1024)
     if args.floor_server is not None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(floor_server(args.floor_server))

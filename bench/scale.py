@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the server at the max")
     args = parser.parse_args()
-    benchlib.raise_nofile(3 * args.max + 1024)
+    benchlib.raise_nofile(args.max + 1024)  # the server holds one socket per agent
     with benchlib.leftovers_killed(), tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         result = asyncio.run(asyncio.wait_for(run(args, Path(tmp)), DEADLINE))
     if args.profile is not None:
