@@ -22,7 +22,9 @@ class ServerSettings:
     namespace: str = DEFAULT_NAMESPACE
     liveness_ttl: float = 10.0  # seconds the liveness key lives without a refresh
     refresh_interval: float = 2.0  # liveness refresh and settings-version poll
-    reassert_interval: float = 5.0  # re-write the records of the hosts this server serves
+    # re-write the records of the hosts this server serves (last_seen, and whatever a Redis that
+    # lost data without the server noticing dropped); one Lua call per host, so not too often
+    reassert_interval: float = 30.0
     shutdown_timeout: float = 5.0
     send_buffer_limit: int = 1 << 20  # an agent that reads slower than this is dropped
 
