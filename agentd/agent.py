@@ -184,16 +184,28 @@ class Agent:
             except OSError as exc:
                 logger.error("%s: cannot persist host=%s: %s", self.label, value, exc)
                 return
+        before = self.host_list
         self.host_list = new_list
         self.version = message.version
         self._set_server_interval(message.check_interval)
         await link.ack(message.version)
         logger.info("%s: persisted host=%s (version %d)", self.label, value, message.version)
-        current = self.server
-        if current is not None and self.endpoint(current) != self.endpoint(new_list.preferred):
+        if self._should_move(before, new_list):
             if self._migration is not None:
                 self._migration.cancel()
             self._migration = self._spawn(self._move_to_preferred(), "move")
+
+    def _should_move(self, before: HostList, after: HostList) -> bool:
+        """Move when the current server left the list, or the list's first entry changed and is
+        not where we are. The same first entry pushed again moves nobody: returning to it is the
+        preferred-host checker's job, at each agent's own phase, so a fleet does not stampede."""
+        current = self.server
+        if current is None or self.endpoint(current) == self.endpoint(after.preferred):
+            return False
+        listed = {self.endpoint(a) for a in after.addresses}
+        if self.endpoint(current) not in listed:
+            return True
+        return self.endpoint(before.preferred) != self.endpoint(after.preferred)
 
     async def _move_to_preferred(self) -> None:
         """After a new list: go to its first entry, make-before-break, after a random delay that
