@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from msctl.embedded_redis import die_with_parent
 
@@ -97,23 +98,29 @@ class LoggedProcess:
     async def wait_for(self, pattern: str, timeout: float = 10.0, *, count: int = 1) -> float:
         """Wait until `count` lines match; returns the arrival time of the last one needed."""
         regex = re.compile(pattern)
+        what = f"fewer than {count} lines matching {pattern!r}"
+
+        def enough() -> float | None:
+            hits = [t for line, t in zip(self.lines, self.times, strict=True) if regex.search(line)]
+            return hits[count - 1] if len(hits) >= count else None
+
+        return await self.wait_until(enough, timeout, what)
+
+    async def wait_until(
+        self, test: Callable[[], float | None], timeout: float, what: str
+    ) -> float:
+        """Wait until `test()`, re-run at every new line, returns a time; fail on exit or timeout."""
         try:
             async with asyncio.timeout(timeout), self._changed:
                 while True:
-                    hits = [
-                        t
-                        for line, t in zip(self.lines, self.times, strict=True)
-                        if regex.search(line)
-                    ]
-                    if len(hits) >= count:
-                        return hits[count - 1]
+                    found = test()
+                    if found is not None:
+                        return found
                     if self._reader is not None and self._reader.done():
                         raise ChildError(f"{self.name} exited: {self.tail()}")
                     await self._changed.wait()
         except TimeoutError:
-            raise ChildError(
-                f"{self.name}: fewer than {count} lines matching {pattern!r}:\n{self.tail()}"
-            ) from None
+            raise ChildError(f"{self.name}: {what}:\n{self.tail()}") from None
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.lines[-n:])

@@ -42,8 +42,11 @@ class Fleet:
         return [s.address for s in self.servers]
 
     async def set(self, name: str, value: str, cluster: str | None = None) -> int:
+        """Change a setting and wait until every running server has applied it (its log says
+        so), so that a startup right after sees the new value wherever it lands."""
         change = await self.store.set(name, value, cluster)
         assert change.changed
+        await asyncio.gather(*(s.wait_version(change.version) for s in self.servers if s.running))
         return change.version
 
     async def forget_connections(self) -> None:

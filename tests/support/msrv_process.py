@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from msctl.children import LoggedProcess, msrv_args, msrv_ready
 from tests.support.redis_server import free_port
 
 READY_TIMEOUT = 15.0
+VERSION_LINE = re.compile(r"settings (?:now )?at version (\d+)")
 
 
 class MsrvProcess(LoggedProcess):
@@ -29,6 +31,22 @@ class MsrvProcess(LoggedProcess):
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def wait_version(self, version: int, timeout: float = 10.0) -> None:
+        """Until this server has applied settings version `version` (or a later one)."""
+
+        def applied() -> float | None:
+            for line, at in zip(self.lines, self.times, strict=True):
+                found = VERSION_LINE.search(line)
+                if found and int(found.group(1)) >= version:
+                    return at
+            return None
+
+        await self.wait_until(applied, timeout, f"settings version {version} never applied")
 
     async def start(  # type: ignore[override]
         self, ready: str | None = None, timeout: float = READY_TIMEOUT
