@@ -109,7 +109,7 @@ class LoggedProcess:
     async def wait_until(
         self, test: Callable[[], float | None], timeout: float, what: str
     ) -> float:
-        """Wait until `test()`, re-run at every new line, returns a time; fail on exit or timeout."""
+        """Wait until `test()` (re-run on each new line) returns a time; fail on exit or timeout."""
         try:
             async with asyncio.timeout(timeout), self._changed:
                 while True:
