@@ -75,9 +75,14 @@ class Keys:
         """Hash: guid -> host id."""
         return self._k("hosts", "by_guid")
 
+    @property
+    def host_prefix(self) -> str:
+        """What `host(id)` puts before the id (for scripts that learn the id as they run)."""
+        return self._k("host", "")
+
     def host(self, host_id: int) -> str:
         """Hash: one host's record."""
-        return self._k("host", host_id)
+        return f"{self.host_prefix}{host_id}"
 
     def zone_hosts(self, zone: str) -> str:
         """Sorted set: ids of the hosts of a zone that take part in ranking, scored by id."""

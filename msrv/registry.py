@@ -158,7 +158,7 @@ class HostRegistry:
             self.keys.zones,
         ]
         args: list[str | int] = [
-            self.keys.host(0).removesuffix("0"),  # the script appends the id it finds or takes
+            self.keys.host_prefix,  # the script appends the id it finds or takes
             record.guid,
             record.zone,
             self.keys.events,
