@@ -41,15 +41,15 @@ class PreferredChecker:
             if interval <= 0:
                 await self._wait_change(None)
                 continue
-            # a random phase, so that a fleet does not check in step
-            if await self._wait_change(agent.rng.uniform(0, interval)):
-                continue
-            while True:
-                started = time.monotonic()
+            # A random phase, so that a fleet does not check in step, then ticks on a fixed grid
+            # from it: a tick that runs late (the process was busy, say with a failover) does
+            # not move the later ones, or a stall would line a whole swarm's checks up.
+            next_at = time.monotonic() + agent.rng.uniform(0, interval)
+            while not await self._wait_change(max(next_at - time.monotonic(), 0)):
                 await self.check_once()
-                spent = time.monotonic() - started
-                if await self._wait_change(max(interval - spent, 0)):
-                    break
+                now = time.monotonic()
+                while next_at <= now:
+                    next_at += interval
 
     async def check_once(self) -> bool:
         agent = self.agent
