@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.connection import redis_from_url
-from common.errors import LbError, StoreUnavailableError, ValidationError
+from common.errors import LbError, ValidationError
 from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, Keys
 
 T = TypeVar("T")
@@ -121,5 +121,5 @@ def run_async(cli: CliConfig, work: Callable[[aioredis.Redis], Coroutine[Any, An
         raise Rejected(str(exc)) from None
     except (RedisError, OSError) as exc:
         raise Failed(f"redis at {cli.redis_url}: {exc}") from None
-    except (StoreUnavailableError, LbError) as exc:
+    except LbError as exc:  # StoreUnavailableError and the rest: a run-time failure
         raise Failed(str(exc)) from None
