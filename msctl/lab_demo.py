@@ -10,6 +10,7 @@ DemoFailed naming it.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ import click
 
 from common.properties import AgentProperties
 from common.records import HostRecord, HostState, load_hosts
+from msctl.children import ChildError
 from msctl.lab import SHORT_NAMES, Lab
 from msctl.tables import format_table
 
@@ -201,6 +203,20 @@ class Demo:
         hosts = await self.until("every agent on a new server", on_new, 20)
         self.show(self.table(hosts))
         swarm = lab.swarm
+        if swarm is not None:
+            # the registry moves when a new session starts, a moment before the agent drops its
+            # old one: wait for the agents' own view (the swarm's summary) too
+            listed = "|".join(re.escape(m.listen) for m in new)
+            try:
+                await swarm.wait_for(
+                    rf"swarm: {lab.agents}/{lab.agents} agents connected "
+                    rf"\((?:(?:{listed})=\d+(?:, )?)+\)$",
+                    timeout=20,
+                )
+            except ChildError as exc:
+                raise DemoFailedError(
+                    self.step, "the agents did not all leave the old servers"
+                ) from exc
         lost_before = swarm.count("lost server") if swarm is not None else 0
         for member in old:
             await lab.kill_server(member.server_id, signal.SIGTERM)

@@ -1,6 +1,7 @@
 """`agentd swarm` processes: migration to new servers, all servers down, clean stop."""
 
 import asyncio
+import re
 import signal
 import time
 
@@ -60,6 +61,14 @@ def test_migration_to_a_new_set_of_servers(redis_url, namespace, tmp_path):
                     )
 
                 await wait_hosts(redis_url, namespace, on_first_entry)
+                # the registry changes when a new session starts, a moment before the agent
+                # drops its old one: wait for the agents' own view too (the swarm's summary)
+                new_addresses = "|".join(re.escape(s.address) for s in new)
+                await swarm.wait_for(
+                    rf"swarm: {count}/{count} agents connected "
+                    rf"\((?:(?:{new_addresses})=\d+(?:, )?)+\)$",
+                    timeout=20,
+                )
                 for path in swarm.properties():
                     assert host_value(path).endswith("@roundrobin")
                     assert set(host_value(path)[: -len("@roundrobin")].split(",")) == {
@@ -75,6 +84,7 @@ def test_migration_to_a_new_set_of_servers(redis_url, namespace, tmp_path):
                 assert swarm.count("lost server") == lost_before == 0, swarm.tail()
                 assert await swarm.stop() == 0
             finally:
+                await swarm.stop(signal.SIGKILL)
                 for server in new:
                     await server.stop(signal.SIGKILL)
 
