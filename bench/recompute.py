@@ -85,7 +85,7 @@ async def measure(redis_url: str, hosts: int) -> dict[str, float | int]:
         balancer.zones[ZONE] = {a.host_id: a for a, _ in served}  # as after admission
 
         started = time.perf_counter()
-        await balancer._read_zone(ZONE)
+        await balancer.ranks.read(ZONE)
         read = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -103,7 +103,8 @@ async def measure(redis_url: str, hosts: int) -> dict[str, float | int]:
         late, late_writer = session(hub, hosts + 1)
         await redis.zadd(keys.zone_hosts(ZONE), {str(late.host_id): late.host_id})
         started = time.perf_counter()
-        await balancer.admit(late)
+        await balancer.ranks.catch_up(ZONE, late.host_id, ranked=True, rank=hosts, count=hosts + 1)
+        balancer.admit(late)
         admit = time.perf_counter() - started
         assert late_writer.writes == 2  # ready, ms_list
         await redis.delete(*(await redis.keys(f"{keys.namespace}:*")))

@@ -89,7 +89,7 @@ class Session:
         host, port = writer.get_extra_info("peername", ("?", "?"))[:2]
         self.peer = f"{host}:{port}"
         self.record: HostRecord | None = None
-        self.held = Held((), None, None)
+        self.held: Held | Offer = Held((), None, None)
         self.pushed: dict[int, Offer] = {}
         self.superseded = False
         self._loop_time = asyncio.get_running_loop().time
@@ -145,7 +145,7 @@ class Session:
 
     def deliver(self, offer: Offer, version: int) -> None:
         self._write(_encoded_list(offer, version))
-        self.held = Held(offer.ms_list, offer.algorithm, offer.check_interval)
+        self.held = offer  # shared by the agents given the same list
         self.pushed[version] = offer
 
     def _uncork(self) -> None:
