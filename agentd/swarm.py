@@ -14,6 +14,7 @@ from pathlib import Path
 from agentd import config
 from agentd.agent import Agent
 from agentd.config import AgentSettings
+from common.collector import Collector
 from common.errors import PropertiesError
 from common.properties import AgentProperties
 
@@ -98,6 +99,7 @@ class Swarm:
             for agent in self.agents:
                 group.create_task(agent.run(), name=agent.label)
             group.create_task(self._report())
+            group.create_task(Collector("swarm").run(self._stopping))
         logger.info("%s", summary(self.agents))
 
     async def _report(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common.collector import Collector
 from common.connection import redis_from_url
 from common.events import EventType
 from common.keys import Keys
@@ -72,6 +73,7 @@ class Server:
                     tasks.create_task(self.hub.balancer.run()),
                     tasks.create_task(self._subscriber().run()),
                     tasks.create_task(self._housekeeping()),
+                    tasks.create_task(Collector(self.name).run(self.should_exit)),
                 ]
                 listener = await asyncio.start_server(
                     self._handle,
