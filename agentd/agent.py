@@ -4,6 +4,7 @@ the lists the servers push, and switches servers make-before-break."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from collections.abc import Coroutine
@@ -43,6 +44,9 @@ class Agent:
         self._persist_lock = asyncio.Lock()
         self._switch_lock = asyncio.Lock()
         self._migration: asyncio.Task[None] | None = None
+        # When set (a large swarm), lost servers are counted here for one summary line instead
+        # of a line per agent.
+        self.losses: collections.Counter[str] | None = None
 
     # ---- state seen by the checker, the swarm and tests
     @property
@@ -126,7 +130,10 @@ class Agent:
     async def _serve(self, link: Link) -> None:
         reason = await link.run(self._on_ms_list)
         if self.link is link and not self._stopping.is_set():
-            logger.warning("%s: lost server %s: %s", self.label, link.address, reason)
+            if self.losses is not None:
+                self.losses[f"{link.address}: {reason}"] += 1
+            else:
+                logger.warning("%s: lost server %s: %s", self.label, link.address, reason)
 
     async def _session_loop(self) -> None:
         lost: Address | None = None

@@ -12,7 +12,7 @@ import click
 
 from agentd.agent import Agent
 from agentd.config import AgentSettings
-from agentd.swarm import Swarm, SwarmSpec, load_agents, raise_open_file_limit
+from agentd.swarm import QUIET_ABOVE, Swarm, SwarmSpec, load_agents, raise_open_file_limit
 from common.errors import PropertiesError, ValidationError
 from common.hostlist import format_host_value, parse_host_value
 from common.logs import log_config
@@ -116,7 +116,7 @@ def swarm_command(
     except PropertiesError as exc:
         raise Rejected(str(exc)) from None
     logger.info("swarm: %d agents from %s (open-file limit %d)", count, directory, limit)
-    if count > 50:
+    if count > QUIET_ABOVE:
         # one line per agent event would drown the swarm's own summary
         logging.getLogger("agentd.agent").setLevel(logging.WARNING)
         logging.getLogger("agentd.failover").setLevel(logging.ERROR)

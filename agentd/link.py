@@ -50,6 +50,8 @@ class Link:
         self._closed = asyncio.Event()
         self._last_heard = time.monotonic()
         self._ping_seq = 0
+        self._pinger: asyncio.TimerHandle | None = None
+        self._ended = ""  # why the session ended, once it has
 
     @classmethod
     async def open(
@@ -107,29 +109,30 @@ class Link:
     async def ack(self, version: int) -> None:
         await self.send(Ack(version))
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed by the agent") -> None:
+        """End the session; `run` returns `reason` (the first one given)."""
         if not self._closed.is_set():
             self._closed.set()
-            self._writer.close()
+            self._ended = reason
+            if self._pinger is not None:
+                self._pinger.cancel()
+            self._writer.close()  # the read loop sees the end at once
 
     async def run(self, on_ms_list: MsListHandler) -> str:
-        """Serve the session until it ends; returns why it ended."""
+        """Serve the session until it ends; returns why it ended.
+
+        The read loop is the only task; pings and the silence check are timer callbacks, so a
+        swarm's thousands of links cost one task each and nothing to cancel when one ends."""
+        self._schedule_ping()
         try:
-            async with asyncio.TaskGroup() as group:
-                reading = group.create_task(self._read_loop(on_ms_list))
-                pinging = group.create_task(self._ping_loop())
-                closing = group.create_task(self._closed.wait())
-                done, _ = await asyncio.wait(
-                    {reading, pinging, closing}, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in (reading, pinging, closing):
-                    task.cancel()
-            reason = next(iter(done)).result()
-            return reason if isinstance(reason, str) else "closed by the agent"
+            reason = await self._read_loop(on_ms_list)
+            if self.closed:  # closed first (by the agent, or silence): the loop saw its own EOF
+                reason = self._ended
         finally:
             self.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+        return reason
 
     async def _read_loop(self, on_ms_list: MsListHandler) -> str:
         while True:
@@ -151,13 +154,21 @@ class Link:
             elif not isinstance(message, Pong):
                 logger.info("%s: ignoring %s from %s", self.label, message, self.address)
 
-    async def _ping_loop(self) -> str:
+    def _schedule_ping(self) -> None:
         interval = max(self.ready.ping_interval, 1)
-        deadline = interval * max(self.ready.ping_timeout, 1)
-        while True:
-            await asyncio.sleep(interval)
-            silent = time.monotonic() - self._last_heard
-            if silent > deadline:
-                return f"server silent for {silent:.1f}s"
-            self._ping_seq += 1
-            await self.send(Ping(self._ping_seq))
+        self._pinger = asyncio.get_running_loop().call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        """Every ping interval: end a session silent past interval x timeout, else ping."""
+        deadline = max(self.ready.ping_interval, 1) * max(self.ready.ping_timeout, 1)
+        silent = time.monotonic() - self._last_heard
+        if silent > deadline:
+            self.close(f"server silent for {silent:.1f}s")
+            return
+        self._ping_seq += 1
+        try:
+            self._writer.write(protocol.encode(Ping(self._ping_seq)))
+        except OSError as exc:
+            self.close(f"ping to {self.address} failed: {exc}")
+            return
+        self._schedule_ping()

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_EVERY = 1.0  # seconds between summary lines (written only when something changed)
 PERSIST_THREADS = 16  # fsync releases the GIL: a pool overlaps the agents' file writes
+QUIET_ABOVE = 50  # agents; a larger swarm logs summaries instead of a line per agent event
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Swarm:
     def __init__(self, agents: list[Agent]) -> None:
         self.agents = agents
         self._stopping = asyncio.Event()
+        self.losses: collections.Counter[str] = collections.Counter()
+        if len(agents) > QUIET_ABOVE:
+            for agent in agents:
+                agent.losses = self.losses
 
     def stop(self) -> None:
         self._stopping.set()
@@ -105,6 +110,9 @@ class Swarm:
     async def _report(self) -> None:
         last = ""
         while not self._stopping.is_set():
+            for what, count in sorted(self.losses.items()):
+                logger.warning("swarm: lost server %s (%d agents)", what, count)
+            self.losses.clear()
             line = summary(self.agents)
             if line != last:
                 logger.info("%s", line)

@@ -28,9 +28,7 @@ SLOW_PASS = 0.1  # seconds: a pass this long is logged
 
 
 class Collector:
-    def __init__(
-        self, label: str, *, period: float = PERIOD, full_every: int = FULL_EVERY
-    ) -> None:
+    def __init__(self, label: str, *, period: float = PERIOD, full_every: int = FULL_EVERY) -> None:
         self.label = label
         self.period = period
         self.full_every = max(full_every, 1)

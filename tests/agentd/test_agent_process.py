@@ -94,6 +94,32 @@ def test_failover_on_sigkill_and_failback_with_the_check_interval(redis_url, nam
     asyncio.run(scenario())
 
 
+@pytest.mark.timeout(90)
+def test_a_silent_server_is_left_after_ping_interval_times_timeout(redis_url, namespace, tmp_path):
+    """A server that stops answering (SIGSTOP: its sockets stay open) is detected by the
+    agent's own silence check, which then fails over."""
+
+    async def scenario():
+        async with run_servers(2, redis_url, namespace) as servers:
+            a, b = (s.address for s in servers)
+            await set_config(redis_url, namespace, host=f"{a},{b}", **{"ping.interval": "1"})
+            await set_config(redis_url, namespace, **{"ping.timeout": "2"})
+            agent = await start_agent(tmp_path / "a", "hv0", f"{a},{b}")
+            await agent.wait_connected(a)
+            stopped = time.monotonic()
+            servers[0].process.send_signal(signal.SIGSTOP)
+            try:
+                landed = await agent.wait_connected(b, timeout=10)
+            finally:
+                servers[0].process.send_signal(signal.SIGCONT)
+            assert agent.count(rf"lost server {a}: server silent for [0-9.]+s") == 1, agent.tail()
+            # silent past 1 s x 2, noticed at the next 1 s ping tick, then a fresh connect
+            assert 2.0 <= landed - stopped < 5.0, agent.tail()
+            await stop_all([agent])
+
+    asyncio.run(scenario())
+
+
 OBSERVE = 3.5  # seconds: over three 1 s check intervals, to show that no check happens
 
 

@@ -171,3 +171,35 @@ def test_swarm_creates_missing_properties_and_rejects_a_bad_host(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "Error: --host: host value: entry 2 is empty"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_large_swarm_reports_lost_servers_in_summary_lines(redis_url, namespace, tmp_path):
+    """Above 50 agents, a server's death is one line per second (with the count of agents that
+    lost it), not a line per agent; every agent still fails over."""
+    count = 60
+
+    async def scenario():
+        async with run_servers(2, redis_url, namespace) as servers:
+            a, b = (s.address for s in servers)
+            await set_config(redis_url, namespace, host=f"{a},{b}", algorithm="static")
+            swarm = SwarmProcess(tmp_path / "swarm", count, f"{a},{b}")
+            await swarm.start(ready=rf"swarm: {count}/{count} agents connected \({a}={count}\)")
+            try:
+                await servers[0].stop(signal.SIGKILL)
+                await swarm.wait_for(rf"swarm: {count}/{count} agents connected \({b}={count}\)")
+                pattern = rf"swarm: lost server {a}: .* \((\d+) agents\)"
+
+                def all_counted():
+                    lines = swarm.matching(pattern)
+                    lost = sum(int(re.search(pattern, line).group(1)) for line in lines)
+                    return time.monotonic() if lost >= count else None
+
+                await swarm.wait_until(all_counted, 5, "losses summed")
+                lost = sum(int(re.search(pattern, s).group(1)) for s in swarm.matching(pattern))
+                assert lost == count, swarm.tail()
+                assert swarm.count("lost server") == len(swarm.matching(pattern)), swarm.tail()
+            finally:
+                assert await swarm.stop() == 0, swarm.tail()
+
+    asyncio.run(scenario())
