@@ -119,6 +119,9 @@ def test_all_servers_down_backs_off_then_everyone_returns(redis_url, namespace, 
             # capped exponential backoff with full jitter, 0.2 s doubling to at most 1 s:
             # about 8 passes in 4 s; a loop without backoff would make thousands
             assert 2 <= passes <= 25, agent.tail()
+            lines = agent.matching("no server reachable")
+            numbers = [int(re.search(r"\(pass (\d+): ", line).group(1)) for line in lines]
+            assert numbers == list(range(1, passes + 1)), agent.tail()
             await servers[1].start()
             await agent.wait_connected(servers[1].address, timeout=5)
             await swarm.wait_for(rf"swarm: {count}/{count} agents connected", timeout=10, count=2)
