@@ -165,10 +165,8 @@ class Link:
         if silent > deadline:
             self.close(f"server silent for {silent:.1f}s")
             return
-        self._ping_seq += 1
-        try:
-            self._writer.write(protocol.encode(Ping(self._ping_seq)))
-        except OSError as exc:
-            self.close(f"ping to {self.address} failed: {exc}")
+        if self._writer.is_closing():  # lost: the read loop is ending the session
             return
+        self._ping_seq += 1
+        self._writer.write(protocol.encode(Ping(self._ping_seq)))  # errors reach the read loop
         self._schedule_ping()
