@@ -5,7 +5,9 @@ Host `ns:host:<id>` (hash): guid, name, type, zone, cluster, state, server, sess
 maps guid -> id, `ns:hosts:next_id` counts ids (never reused), `ns:zone:<zone>:hosts` is the
 sorted set (score = id) of the zone's ranked hosts, `ns:zones` the set of zones.
 
-Server `ns:server:<id>` (hash): id, address, state, started, last_seen, agents; `ns:servers`
+Server `ns:server:<id>` (hash): id, address, state, started, last_seen, agents, settings_version
+(the settings version the server applies, which stays ahead of Redis's own after Redis lost its
+data); `ns:servers`
 the set of ids; `ns:server:<id>:alive` a key whose TTL the running server keeps refreshing.
 """
 
@@ -128,6 +130,7 @@ class ServerRecord:
     agents: int = 0
     started: float = 0.0
     last_seen: float = 0.0
+    settings_version: int = 0
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -137,6 +140,7 @@ class ServerRecord:
             "agents": str(self.agents),
             "started": f"{self.started:.3f}",
             "last_seen": f"{self.last_seen:.3f}",
+            "settings_version": str(self.settings_version),
         }
 
     @classmethod
@@ -151,6 +155,7 @@ class ServerRecord:
             agents=int(_number(fields.get("agents"))),
             started=_number(fields.get("started")),
             last_seen=_number(fields.get("last_seen")),
+            settings_version=int(_number(fields.get("settings_version"))),
         )
 
     def as_json(self) -> dict[str, Any]:

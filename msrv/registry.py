@@ -264,7 +264,7 @@ class ServerRegistry:
     def __post_init__(self) -> None:
         self.started = time.time()
 
-    async def register(self) -> None:
+    async def register(self, settings_version: int) -> None:
         if await self.redis.exists(self.keys.server_alive(self.server_id)):
             logger.warning(
                 "server %s: another process with this id looks alive (or was killed less than "
@@ -272,16 +272,22 @@ class ServerRegistry:
                 self.server_id,
                 self.ttl,
             )
-        await self.refresh(agents=0)
+        await self.refresh(agents=0, settings_version=settings_version)
         await self.redis.publish(self.keys.events, self._event(EventType.SERVER_UP))
 
     def _event(self, kind: EventType) -> str:
         return events.encode_event(kind, id=self.server_id, address=self.address)
 
-    async def refresh(self, agents: int) -> None:
+    async def refresh(self, agents: int, settings_version: int) -> None:
         now = time.time()
         record = ServerRecord(
-            self.server_id, self.address, ServerState.RUNNING, agents, self.started, now
+            self.server_id,
+            self.address,
+            ServerState.RUNNING,
+            agents,
+            self.started,
+            now,
+            settings_version,
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(self.keys.servers, self.server_id)

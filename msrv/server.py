@@ -103,7 +103,7 @@ class Server:
         async for attempt in retry_policy(f"{self.name} startup", cap=5.0):
             with attempt:
                 await self.hub.balancer.load()
-                await self.servers.register()
+                await self.servers.register(self.hub.balancer.snapshot.version)
 
     def _subscriber(self) -> Subscriber:
         return Subscriber(
@@ -156,10 +156,13 @@ class Server:
         if not await balancer.apply_settings(trusted=False):
             await balancer.recompute_all()  # zone events may have been missed
         await self._reassert()
-        await self.servers.refresh(len(self.hub.sessions))
+        await self._refresh_liveness()
         if not self.hub.available:
             logger.info("%s: Redis is back; resynchronised", self.name)
         self.hub.available = True
+
+    async def _refresh_liveness(self) -> None:
+        await self.servers.refresh(len(self.hub.sessions), self.hub.balancer.snapshot.version)
 
     async def _reassert(self) -> None:
         sessions = [s for s in self.hub.sessions.values() if s.record is not None]
@@ -177,7 +180,7 @@ class Server:
         while True:
             started = time.monotonic()
             try:
-                await self.servers.refresh(len(self.hub.sessions))
+                await self._refresh_liveness()
                 if await self.hub.balancer.store.version() != self.hub.balancer.snapshot.version:
                     self.hub.balancer.request_settings(trusted=False)
                 if started - last_reassert >= self.settings.reassert_interval:
