@@ -46,10 +46,10 @@ def fleet(redis_url: str, namespace: str) -> None:
     async def work(redis: Any, keys: Keys) -> None:
         await ConfigStore(redis, keys).set("host", "a,b")
         ms1 = ServerRegistry(redis, keys, "ms1", "10.0.0.1:8250", ttl=60)
-        await ms1.register()
+        await ms1.register(settings_version=0)
         await ms1.refresh(agents=1, settings_version=0)
         ms2 = ServerRegistry(redis, keys, "ms2", "10.0.0.2:8250", ttl=60)
-        await ms2.register()
+        await ms2.register(settings_version=0)
         await ms2.deregister()
         registry = HostRegistry(redis, keys)
         for name, state in (("kvm1", HostState.CONNECTED), ("kvm2", HostState.DISCONNECTED)):
