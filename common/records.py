@@ -159,8 +159,11 @@ class ServerRecord:
         )
 
     def as_json(self) -> dict[str, Any]:
-        """The `msctl servers --json` shape."""
-        return asdict(self)
+        """The `msctl servers --json` shape (the design's fields; settings_version is for
+        `msctl status`)."""
+        body = asdict(self)
+        body.pop("settings_version")
+        return body
 
 
 async def load_servers(redis: aioredis.Redis, keys: Keys) -> list[ServerRecord]:
