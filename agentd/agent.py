@@ -7,6 +7,7 @@ import asyncio
 import collections
 import logging
 import random
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,7 +16,7 @@ from agentd.config import HOST, AgentSettings
 from agentd.failover import connect_with_failover
 from agentd.link import ConnectFailedError, Link
 from common.addresses import Address, parse_address_list
-from common.errors import ValidationError
+from common.errors import PropertiesError, ValidationError
 from common.hostlist import HostList, format_host_value
 from common.properties import update_properties
 from common.protocol import MsList, Startup
@@ -47,6 +48,8 @@ class Agent:
         # When set (a large swarm), lost servers are counted here for one summary line instead
         # of a line per agent.
         self.losses: collections.Counter[str] | None = None
+        self._last_attempt = 0  # stamp of the last connection attempt (ms, strictly increasing)
+        self._persist_fault: str | None = None  # why the last list could not be saved
 
     # ---- state seen by the checker, the swarm and tests
     @property
@@ -94,6 +97,12 @@ class Agent:
             self.stop()
 
     # ---- sessions
+    def _attempt_stamp(self) -> int:
+        """Milliseconds of this agent's clock, strictly increasing from one attempt to the next,
+        so that a server that reads a startup late can tell it from a newer one."""
+        self._last_attempt = max(time.time_ns() // 1_000_000, self._last_attempt + 1)
+        return self._last_attempt
+
     def startup_message(self, address: Address) -> Startup:
         s = self.settings
         return Startup(
@@ -105,6 +114,7 @@ class Agent:
             ms_list=self.host_list.entries,
             algorithm=self.host_list.algorithm,
             dialled=str(address),
+            attempt=self._attempt_stamp(),
         )
 
     async def open_link(self, address: Address) -> Link:
@@ -188,9 +198,12 @@ class Agent:
         async with self._persist_lock:
             try:
                 await asyncio.to_thread(update_properties, self.settings.path, {HOST: value})
-            except OSError as exc:
-                logger.error("%s: cannot persist host=%s: %s", self.label, value, exc)
+            except (OSError, PropertiesError) as exc:
+                self._persist_failed(value, exc)
                 return
+        if self._persist_fault is not None:
+            logger.warning("%s: %s writable again", self.label, self.settings.path)
+            self._persist_fault = None
         before = self.host_list
         self.host_list = new_list
         self.version = message.version
@@ -201,6 +214,20 @@ class Agent:
             if self._migration is not None:
                 self._migration.cancel()
             self._migration = self._spawn(self._move_to_preferred(), "move")
+
+    def _persist_failed(self, value: str, exc: Exception) -> None:
+        """Not acked: the server pushes the list again later. The cause is logged once, not at
+        every push while it lasts."""
+        fault = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log = logger.error if fault != self._persist_fault else logger.debug
+        log(
+            "%s: cannot save host=%s to %s (%s); keeping the old list, not acknowledging",
+            self.label,
+            value,
+            self.settings.path,
+            fault,
+        )
+        self._persist_fault = fault
 
     def _should_move(self, before: HostList, after: HostList) -> bool:
         """Move when the current server left the list, or the list's first entry changed and is

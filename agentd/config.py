@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from common.addresses import DEFAULT_PORT
 from common.errors import PropertiesError, ValidationError
+from common.fields import word_fault
 from common.hostlist import HostList, parse_host_value
 from common.properties import AgentProperties, remove_stale_temp_files
 
@@ -31,8 +31,6 @@ DEFAULT_ZONE = "default"
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_BACKOFF_INITIAL = 0.5
 DEFAULT_BACKOFF_MAX = 10.0
-
-_WORD_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,12 @@ class AgentSettings:
             props.set(GUID, str(uuid.uuid4()))
         settings = cls._parse(props)  # a bad file raises here, before anything is written
         if generated:
-            props.save()
+            try:
+                props.save()
+            except OSError as exc:
+                raise PropertiesError(
+                    f"{props.path}: cannot write the generated guid: {exc.strerror or exc}"
+                ) from None
         return settings
 
     @classmethod
@@ -92,8 +95,9 @@ class AgentSettings:
 
         def word(key: str, default: str) -> str:
             value = (props.get(key) or default).strip()
-            if value and not _WORD_RE.match(value):
-                raise fail(key, f"{value!r} has characters other than letters, digits, _.:-")
+            fault = word_fault(value, required=False)
+            if fault is not None:
+                raise fail(key, fault)
             return value
 
         port = int(number(PORT, DEFAULT_PORT, 1, whole=True))

@@ -55,7 +55,6 @@ def prepare_properties(spec: SwarmSpec, index: int) -> Path:
         return path
     if spec.host is None:
         raise PropertiesError(f"{path}: missing, and no --host given to create it")
-    folder.mkdir(parents=True, exist_ok=True)
     props = AgentProperties.empty(path)
     props.set(config.NAME, f"{spec.directory.name}-{index:04d}")
     props.set(config.HOST, spec.host)
@@ -67,7 +66,11 @@ def prepare_properties(spec: SwarmSpec, index: int) -> Path:
         props.set(config.CHECK_INTERVAL, str(spec.check_interval))
     for key, value in spec.extra:
         props.set(key, value)
-    props.save()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        props.save()
+    except OSError as exc:
+        raise PropertiesError(f"{path}: cannot create: {exc.strerror or exc}") from None
     return path
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from common.addresses import Address, format_address_list, parse_address_list
 from common.errors import ValidationError
 
-_ALGORITHM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ALGORITHM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def parse_host_value(text: str) -> HostList:
     if "@" in value:
         value, algorithm = value.rsplit("@", 1)
         algorithm = algorithm.strip()
-        if not _ALGORITHM_NAME_RE.match(algorithm):
+        if not ALGORITHM_NAME_RE.match(algorithm):
             raise ValidationError(f"host value: bad algorithm name {algorithm!r} after '@'")
     try:
         addresses = parse_address_list(value)

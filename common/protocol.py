@@ -1,7 +1,10 @@
 """The agent <-> server wire protocol: one JSON object per line, UTF-8, at most 64 KiB.
 
 Messages are typed dataclasses keyed by `MessageType`; `decode` checks every field and raises
-ProtocolError (with an error code) on anything malformed, so a bad line affects one connection.
+ProtocolError (with an error code) on anything malformed, so a bad line affects one connection:
+text must be valid Unicode (no lone surrogates), whole numbers fit in 64 bits, nesting too deep
+for the parser is refused, and a `startup`'s host fields follow common.fields (bounded length, no
+control characters), its list holds valid addresses.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from common.errors import ProtocolError
+from common.addresses import parse_address
+from common.errors import ProtocolError, ValidationError
+from common.fields import check_word
+from common.hostlist import ALGORITHM_NAME_RE
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024
@@ -42,6 +48,8 @@ class ErrorCode(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # retryable: try another server or later
     SUPERSEDED = "superseded"  # a newer session of this host exists
     SHUTTING_DOWN = "shutting_down"
+    STARTUP_TIMEOUT = "startup_timeout"  # the connection sent no startup in time
+    INTERNAL = "internal"  # the server failed on this session's work; retryable
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,9 @@ class Startup:
     algorithm: str | None
     dialled: str
     protocol: int = PROTOCOL_VERSION
+    # When the agent began this connection attempt (its own clock, ms, strictly increasing per
+    # agent): a server that reads a startup late (after a stall) can tell it from a newer one.
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,13 +152,31 @@ def encode(message: Message) -> bytes:
     return _ENCODER.encode(body).encode() + b"\n"
 
 
+INT_LIMIT = 1 << 63  # whole numbers on the wire fit in a signed 64-bit integer
+MAX_LIST = 64  # entries in a startup's list
+MAX_ADDRESS = 300  # characters of a startup's `dialled` and of each list entry
+
+
+def _text_ok(value: str) -> bool:
+    """JSON may carry lone surrogates (\\udc00); they are not text and cannot be stored."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and -INT_LIMIT <= value < INT_LIMIT
+        )
     if hint is str:
-        return isinstance(value, str)
+        return isinstance(value, str) and _text_ok(value)
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -169,7 +198,39 @@ def _build(cls: type[Message], body: dict[str, Any]) -> Message:
         if not _type_ok(body[name], hint):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: bad value for {name!r}")
         kwargs[name] = body[name]
-    return cls(**kwargs)
+    message = cls(**kwargs)
+    check = _CHECKS.get(cls)
+    if check is not None:
+        try:
+            check(message)
+        except ValidationError as exc:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{cls.TYPE}: {exc}") from None
+    return message
+
+
+def _check_startup(message: Any) -> None:
+    """A startup's fields are stored in Redis and shown to operators: bound them here."""
+    assert isinstance(message, Startup)
+    check_word("guid", message.guid, required=True)
+    check_word("name", message.name, required=True)
+    check_word("host_type", message.host_type, required=True)
+    check_word("zone", message.zone, required=True)
+    check_word("cluster", message.cluster, required=False)
+    if message.algorithm is not None and not ALGORITHM_NAME_RE.fullmatch(message.algorithm):
+        raise ValidationError("algorithm: not an algorithm name")
+    if len(message.ms_list) > MAX_LIST:
+        raise ValidationError(f"ms_list: {len(message.ms_list)} entries; the limit is {MAX_LIST}")
+    for name, entry in [*(("ms_list", e) for e in message.ms_list), ("dialled", message.dialled)]:
+        if len(entry) > MAX_ADDRESS:
+            raise ValidationError(f"{name}: an entry longer than {MAX_ADDRESS} characters")
+        if entry or name == "ms_list":
+            try:
+                parse_address(entry)
+            except ValidationError:
+                raise ValidationError(f"{name}: {ascii(entry)[:60]} is not an address") from None
+
+
+_CHECKS: dict[type[Message], typing.Callable[[Any], None]] = {Startup: _check_startup}
 
 
 def decode(line: bytes) -> Message | UnknownMessage:
@@ -180,6 +241,8 @@ def decode(line: bytes) -> Message | UnknownMessage:
         body = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError(ErrorCode.BAD_JSON, "line is not a UTF-8 JSON object") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "line nests too deeply") from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message is not an object with a 'type'")
     try:
@@ -190,15 +253,18 @@ def decode(line: bytes) -> Message | UnknownMessage:
 
 
 async def read_message(reader: asyncio.StreamReader) -> Message | UnknownMessage | None:
-    """The next message, or None at end of stream. The reader must use READER_LIMIT."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial.strip():
-            return None
-        line = exc.partial
-    except asyncio.LimitOverrunError:
-        raise ProtocolError(ErrorCode.LINE_TOO_LONG, f"line longer than {MAX_LINE} bytes") from None
-    if not line.strip():
-        return await read_message(reader)
-    return decode(line)
+    """The next message, or None at end of stream; blank lines are skipped. The reader must use
+    READER_LIMIT."""
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial.strip():
+                return None
+            line = exc.partial
+        except asyncio.LimitOverrunError:
+            raise ProtocolError(
+                ErrorCode.LINE_TOO_LONG, f"line longer than {MAX_LINE} bytes"
+            ) from None
+        if line.strip():
+            return decode(line)

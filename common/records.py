@@ -72,6 +72,7 @@ class HostRecord:
     acked_version: int = 0
     check_interval: int = 0
     last_seen: float = 0.0
+    attempt: int = 0  # the startup's attempt stamp (common.protocol.Startup)
 
     @property
     def ranked(self) -> bool:
@@ -92,6 +93,7 @@ class HostRecord:
             "acked_version": str(self.acked_version),
             "check_interval": str(self.check_interval),
             "last_seen": f"{self.last_seen:.3f}",
+            "attempt": str(self.attempt),
         }
 
     @classmethod
@@ -111,12 +113,13 @@ class HostRecord:
             acked_version=int(_number(fields.get("acked_version"))),
             check_interval=int(_number(fields.get("check_interval"))),
             last_seen=_number(fields.get("last_seen")),
+            attempt=int(_number(fields.get("attempt"))),
         )
 
     def as_json(self) -> dict[str, Any]:
         """The `msctl hosts --json` shape."""
         body = asdict(self)
-        for private in ("session", "acked_version"):
+        for private in ("session", "acked_version", "attempt"):
             body.pop(private)
         body["ms_list"] = list(self.ms_list)
         return body

@@ -69,6 +69,12 @@ def offer_for(
     return shared.setdefault(offer, offer)
 
 
+def needs_push(offer: Offer, agent: Agent) -> bool:
+    """Whether the agent must be sent `offer`: what it will hold once it acks what is on its
+    way (else what it acked, or reported at startup) is not that list."""
+    return is_stale(offer, agent.pending if agent.pending is not None else agent.held)
+
+
 def is_stale(offer: Offer, held: Held | Offer) -> bool:
     if held is offer:
         return False
@@ -80,7 +86,8 @@ def is_stale(offer: Offer, held: Held | Offer) -> bool:
 class Agent(Protocol):
     """A session as the balancer sees it."""
 
-    held: Held | Offer
+    held: Held | Offer  # acked, or reported at startup
+    pending: Offer | None  # pushed, not acked yet
 
     @property
     def host_id(self) -> int: ...
@@ -157,7 +164,7 @@ class Balancer:
         )
         agent.held = Held(agent.held.ms_list, agent.held.algorithm, settings.check_interval)
         offer = offer_for(settings, ids, agent.host_id)
-        if offer is not None and is_stale(offer, agent.held):
+        if offer is not None and needs_push(offer, agent):
             agent.deliver(offer, self.snapshot.version)
 
     def remove(self, agent: Agent) -> None:
@@ -267,7 +274,7 @@ class Balancer:
             if settings is None:
                 settings = per_cluster[agent.cluster] = snapshot.effective(agent.cluster)
             offer = offer_for(settings, ids, agent.host_id, shared)
-            if offer is not None and is_stale(offer, agent.held):
+            if offer is not None and needs_push(offer, agent):
                 agent.deliver(offer, snapshot.version)
                 pushed += 1
         logger.debug("zone %s: %d agents, %d new lists", zone, len(members), pushed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from common.errors import ValidationError
@@ -52,6 +54,14 @@ def cli() -> None:
     show_default=True,
     help="prefix of every key and channel [env MSRV_NAMESPACE]",
 )
+@click.option(
+    "--startup-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="close a connection that completes no startup within this time",
+)
 @click.option("-v", "--verbose", count=True, help="more log output")
 def serve(
     listen: str,
@@ -59,15 +69,18 @@ def serve(
     server_id: str | None,
     redis_url: str,
     namespace: str,
+    startup_timeout: float,
     verbose: int,
 ) -> None:
     """Serve agents: registry, per-agent lists, live propagation of settings."""
     try:
-        settings = ServerSettings.build(listen, advertise, server_id, redis_url, namespace)
+        settings = ServerSettings.build(
+            listen, advertise, server_id, redis_url, namespace, startup_timeout
+        )
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from None
     log_config(verbose)
-    server.run(settings)
+    sys.exit(server.run(settings))
 
 
 def main() -> None:

@@ -26,6 +26,12 @@ class ServerSettings:
     # lost data without the server noticing dropped); one Lua call per host, so not too often
     reassert_interval: float = 30.0
     shutdown_timeout: float = 5.0
+    # a connection that completes no startup within this many seconds is closed
+    startup_timeout: float = 10.0
+    # a connected host's last_seen is written at most this often (while its agent is heard)
+    last_seen_interval: float = 10.0
+    # a list an agent has not acked (it could not save it) is pushed again this often
+    repush_interval: float = 10.0
     send_buffer_limit: int = 1 << 20  # an agent that reads slower than this is dropped
 
     @classmethod
@@ -36,6 +42,7 @@ class ServerSettings:
         server_id: str | None = None,
         redis_url: str = DEFAULT_REDIS_URL,
         namespace: str = DEFAULT_NAMESPACE,
+        startup_timeout: float = 10.0,
     ) -> ServerSettings:
         """Validate the command line; the advertised address defaults to the listen one."""
         address = parse_address(listen)
@@ -56,4 +63,5 @@ class ServerSettings:
             server_id=server_id,
             redis_url=redis_url,
             namespace=check_namespace(namespace),
+            startup_timeout=startup_timeout,
         )

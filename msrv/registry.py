@@ -33,10 +33,13 @@ logger = logging.getLogger(__name__)
 
 # KEYS: guid map, id counter, zone set, zones set
 # ARGV: host key prefix (the id is appended), guid, zone, events channel, hosts.changed event,
-#       ranked ('1' | '0'), the hash's fields (a JSON array: field, value, field, value...).
+#       ranked ('1' | '0'), the hash's fields (a JSON array: field, value, field, value...),
+#       the startup's attempt stamp, now (Unix seconds), how recent a live session's last_seen is.
 # Returns {id, previous zone, 1 if the guid was new, the host's rank in the zone (its size for
-# an unranked host, which ranks last), the zone's size}. The guid's id and the session's record
-# in one step: a new guid takes the next id (none is burned or reused), the newest session wins.
+# an unranked host, which ranks last), the zone's size, 1 if refused as stale}. The guid's id
+# and the session's record in one step: a new guid takes the next id (none is burned or
+# reused); the newest attempt wins: a startup whose attempt is older than that of the host's
+# live session (connected, last_seen recent) was given up by its agent and writes nothing.
 _START_SESSION = """
 local id = redis.call('HGET', KEYS[1], ARGV[2])
 local new = 0
@@ -50,6 +53,13 @@ else
   new = 1
 end
 local host = ARGV[1] .. id
+if new == 0 then
+  local live = redis.call('HMGET', host, 'attempt', 'state', 'last_seen')
+  if (tonumber(live[1] or '') or 0) > tonumber(ARGV[8]) and live[2] == 'connected'
+      and tonumber(ARGV[9]) - (tonumber(live[3] or '') or 0) < tonumber(ARGV[10]) then
+    return {tonumber(id), '', 0, 0, 0, 1}
+  end
+end
 local old_zone = redis.call('HGET', host, 'zone') or ''
 redis.call('HSET', host, unpack(cjson.decode(ARGV[7])))
 redis.call('SADD', KEYS[4], ARGV[3])
@@ -63,7 +73,7 @@ if moved == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 local count = redis.call('ZCARD', KEYS[3])
 local rank = count
 if ARGV[6] == '1' then rank = redis.call('ZRANK', KEYS[3], id) end
-return {tonumber(id), old_zone, new, rank, count}
+return {tonumber(id), old_zone, new, rank, count, 0}
 """
 
 # KEYS: host hash, guid map, id counter, zone set, zones set
@@ -128,6 +138,7 @@ class Started:
     new: bool
     rank: int
     count: int
+    stale: bool = False  # refused: the host has a live session of a newer attempt
 
 
 @dataclass
@@ -147,10 +158,11 @@ class HostRegistry:
     async def run(self) -> None:
         await self.writes.run()
 
-    async def start(self, record: HostRecord) -> Started:
+    async def start(self, record: HostRecord, *, live_for: float) -> Started:
         """Register a new session of the host: the guid's id (the next one for a new guid) and
         its record, in one script; a host that moved zone then leaves its old one. `record.id`
-        is ignored."""
+        is ignored. A startup older than the host's live session (connected, last_seen within
+        `live_for` seconds) is refused: `stale`, nothing written."""
         keys = [
             self.keys.host_ids_by_guid,
             self.keys.host_id_counter,
@@ -165,11 +177,18 @@ class HostRegistry:
             events.hosts_changed(record.zone),
             "1" if record.ranked else "0",
             _packed(record.to_hash()),
+            record.attempt,
+            f"{time.time():.3f}",
+            f"{live_for:.3f}",
         ]
-        host_id, old_zone, new, rank, count = await self.writes.call(
+        host_id, old_zone, new, rank, count, stale = await self.writes.call(
             lambda pipe: self._start(keys=keys, args=args, client=pipe)
         )
-        started = Started(replace(record, id=int(host_id)), bool(new), int(rank), int(count))
+        started = Started(
+            replace(record, id=int(host_id)), bool(new), int(rank), int(count), bool(stale)
+        )
+        if started.stale:
+            return started
         if old_zone and old_zone != record.zone:
             await self.writes.call_many(self._leave_zone(started.record.id, old_zone))
         return started
@@ -246,6 +265,13 @@ class HostRegistry:
 
         replies = await self.writes.call_many(command(r) for r in records)
         return [Write(int(status)) for status, _ in replies]
+
+    async def touch(self, records: Sequence[HostRecord]) -> list[Write]:
+        """Write the hosts' last_seen, each only if its session is still the one recorded."""
+        replies = await self.writes.call_many(
+            self._update_command(r, {"last_seen": f"{r.last_seen:.3f}"}) for r in records
+        )
+        return [Write(int(reply)) for reply in replies]
 
     async def disconnect(self, records: Sequence[HostRecord]) -> None:
         """Mark hosts disconnected, each only if its session is still the one recorded."""

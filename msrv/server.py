@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,43 +62,92 @@ class Server:
     def name(self) -> str:
         return self.settings.server_id
 
-    async def serve(self) -> None:
+    async def serve(self) -> int:
+        """Run until SIGTERM or SIGINT (exit code 0), or until a task every session relies on
+        fails (exit code 1, so that a supervisor restarts the process): a server never stays
+        half-alive. A signal during startup (Redis unreachable) stops it at once; a second
+        signal forces the exit."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.should_exit.set)
+            loop.add_signal_handler(sig, self._on_signal)
         try:
-            await self._startup()
-            async with asyncio.TaskGroup() as tasks:
-                background = [
-                    tasks.create_task(self.hub.registry.run()),
-                    tasks.create_task(self.hub.activity.run()),
-                    tasks.create_task(self.hub.balancer.run()),
-                    tasks.create_task(self._subscriber().run()),
-                    tasks.create_task(self._housekeeping()),
-                    tasks.create_task(Collector(self.name).run(self.should_exit)),
-                ]
-                listener = await asyncio.start_server(
-                    self._handle,
-                    self.settings.listen_host,
-                    self.settings.listen_port,
-                    limit=READER_LIMIT,
-                    backlog=LISTEN_BACKLOG,
-                )
-                logger.info(
-                    "msrv %s listening on %s:%d (advertised as %s)",
-                    self.name,
-                    self.settings.listen_host,
-                    self.settings.listen_port,
-                    self.settings.advertise,
-                )
-                await self.should_exit.wait()
-                await self._shutdown(listener)
-                for task in background:
-                    task.cancel()
+            if not await self._unless_stopped(self._startup()):
+                logger.info("msrv %s stopped before it started", self.name)
+                return 0
+            listener = await asyncio.start_server(
+                self._handle,
+                self.settings.listen_host,
+                self.settings.listen_port,
+                limit=READER_LIMIT,
+                backlog=LISTEN_BACKLOG,
+            )
+            logger.info(
+                "msrv %s listening on %s:%d (advertised as %s)",
+                self.name,
+                self.settings.listen_host,
+                self.settings.listen_port,
+                self.settings.advertise,
+            )
+            code = await self._run(listener)
         finally:
             await self.redis.aclose()
             await self.events_redis.aclose()
         logger.info("msrv %s stopped", self.name)
+        return code
+
+    def _on_signal(self) -> None:
+        if self.should_exit.is_set():
+            logger.warning("msrv %s: second signal; exiting now", self.name)
+            os._exit(1)
+        self.should_exit.set()
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run `work` unless a signal comes first (then cancel it); whether it completed."""
+        task = asyncio.create_task(work)
+        stop = asyncio.create_task(self.should_exit.wait())
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        task.result()  # a startup failure other than Redis being down is raised here
+        return True
+
+    async def _run(self, listener: asyncio.Server) -> int:
+        """The shared tasks, until a signal or until one of them ends (a bug: they run for
+        ever); then shutdown."""
+        shared = {
+            asyncio.create_task(coro, name=name)
+            for name, coro in (
+                ("registry writer", self.hub.registry.run()),
+                ("activity", self.hub.activity.run()),
+                ("balancer", self.hub.balancer.run()),
+                ("events", self._subscriber().run()),
+                ("housekeeping", self._housekeeping()),
+                ("collector", Collector(self.name).run(self.should_exit)),
+            )
+        }
+        stop = asyncio.create_task(self.should_exit.wait())
+        await asyncio.wait({stop, *shared}, return_when=asyncio.FIRST_COMPLETED)
+        # Any shared task that ends before a signal is a bug; the collector ends with the signal.
+        failed = [t for t in shared if t.done() and not (self.should_exit.is_set() and _clean(t))]
+        for task in failed:
+            error = None if task.cancelled() else task.exception()
+            logger.critical(
+                "msrv %s: shared task %r ended (%r); stopping so that the process restarts",
+                self.name,
+                task.get_name(),
+                error,
+                exc_info=error,
+            )
+        stop.cancel()
+        await self._shutdown(listener)
+        for task in shared:
+            task.cancel()
+        await asyncio.gather(*shared, return_exceptions=True)
+        return 1 if failed else 0
 
     async def _startup(self) -> None:
         """Wait for Redis (backing off), load the settings, register this server."""
@@ -164,6 +215,31 @@ class Server:
     async def _refresh_liveness(self) -> None:
         await self.servers.refresh(len(self.hub.sessions), self.hub.balancer.snapshot.version)
 
+    def _repush_unacked(self) -> None:
+        after = self.settings.repush_interval
+        again = sum(s.repush_if_unacked(after) for s in self.hub.sessions.values())
+        if again:
+            logger.info(
+                "%s: %d lists not acknowledged in %.0fs; pushed again", self.name, again, after
+            )
+
+    async def _write_last_seen(self) -> None:
+        """The last_seen of the hosts heard from since it was last written, at most once per
+        last_seen_interval each (spread over the ticks, as sessions started at different
+        times)."""
+        due = [
+            s
+            for s in self.hub.sessions.values()
+            if s.last_seen_due(self.settings.last_seen_interval)
+        ]
+        if not due:
+            return
+        results = await self.hub.registry.touch([s.mark_seen() for s in due])
+        for session, result in zip(due, results, strict=True):
+            if result == Write.SUPERSEDED:
+                logger.info("%s superseded by a newer session elsewhere", session)
+                session.supersede()
+
     async def _reassert(self) -> None:
         sessions = [s for s in self.hub.sessions.values() if s.record is not None]
         records = [s.record for s in sessions if s.record is not None]
@@ -174,7 +250,8 @@ class Server:
                 session.supersede()
 
     async def _housekeeping(self) -> None:
-        """Fixed-rate: liveness key, settings-version poll, periodic re-assert."""
+        """Fixed-rate: liveness key, settings-version poll, lists not acked pushed again, hosts'
+        last_seen, periodic re-assert."""
         period = self.settings.refresh_interval
         last_reassert = time.monotonic()
         while True:
@@ -183,6 +260,8 @@ class Server:
                 await self._refresh_liveness()
                 if await self.hub.balancer.store.version() != self.hub.balancer.snapshot.version:
                     self.hub.balancer.request_settings(trusted=False)
+                self._repush_unacked()
+                await self._write_last_seen()
                 if started - last_reassert >= self.settings.reassert_interval:
                     last_reassert = started
                     await self._reassert()
@@ -218,5 +297,10 @@ class Server:
             await asyncio.wait(pending)
 
 
-def run(settings: ServerSettings) -> None:
-    asyncio.run(Server(settings).serve())
+def _clean(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is None
+
+
+def run(settings: ServerSettings) -> int:
+    """Serve until stopped; the process's exit code."""
+    return asyncio.run(Server(settings).serve())

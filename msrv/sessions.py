@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from common.errors import ProtocolError
+from common.errors import LbError, ProtocolError
 from common.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -40,6 +40,7 @@ from msrv.activity import Activity
 from msrv.balancer import Balancer, Held, Offer
 from msrv.config import ServerSettings
 from msrv.registry import HostRegistry, Started, Write
+from msrv.writes import BadWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ READ_CHUNK = 64 * 1024
 
 class SilentError(TimeoutError):
     """The agent sent nothing for ping.interval x ping.timeout."""
+
+
+class StartupOverdueError(TimeoutError):
+    """The connection completed no startup within the server's startup timeout."""
 
 
 class Refused(Exception):
@@ -78,6 +83,11 @@ class Hub:
         settings = self.balancer.effective(None)
         return float(settings.ping_interval * settings.ping_timeout)
 
+    def live_window(self) -> float:
+        """How recent a connected host's last_seen must be for its session to count as live:
+        its server refreshes it every last_seen_interval while it hears from the agent."""
+        return 2 * (self.silence_limit() + self.settings.last_seen_interval)
+
 
 class Session:
     def __init__(
@@ -89,12 +99,20 @@ class Session:
         host, port = writer.get_extra_info("peername", ("?", "?"))[:2]
         self.peer = f"{host}:{port}"
         self.record: HostRecord | None = None
-        self.held: Held | Offer = Held((), None, None)
+        self.held: Held | Offer = Held((), None, None)  # what the agent acked (or reported)
+        self.pending: Offer | None = None  # pushed, not acked yet
+        self.pending_version = 0
+        self.pending_since = 0.0  # loop time of the last push of `pending`
         self.pushed: dict[int, Offer] = {}
         self.superseded = False
         self._loop_time = asyncio.get_running_loop().time
         self._heard = self._loop_time()  # when the agent last sent anything
+        self.seen_written = self._heard  # when last_seen was last written for this session
         self._watchdog: asyncio.TimerHandle | None = None
+        self._starting = False
+        self._overdue = asyncio.get_running_loop().call_later(
+            hub.settings.startup_timeout, self._startup_overdue
+        )
         self._corked: list[bytes] | None = None  # while a message is handled: what it sends
         self._handlers: dict[MessageType, Callable[[Any], Awaitable[None]]] = {
             MessageType.STARTUP: self.on_startup,
@@ -144,9 +162,38 @@ class Session:
             transport.abort()
 
     def deliver(self, offer: Offer, version: int) -> None:
+        """Push a list. It counts as held only once the agent acks it (an agent that could not
+        save it does not), and is pushed again after repush_interval until then."""
         self._write(_encoded_list(offer, version))
-        self.held = offer  # shared by the agents given the same list
+        self.pending = offer  # shared by the agents given the same list
+        self.pending_version = version
+        self.pending_since = self._loop_time()
         self.pushed[version] = offer
+
+    def repush_if_unacked(self, after: float) -> bool:
+        """Push the list again when the agent has not acked it for `after` seconds (it could
+        not save it, or the push was lost)."""
+        if self.pending is None or self._loop_time() - self.pending_since < after:
+            return False
+        self.deliver(self.pending, self.pending_version)
+        return True
+
+    def last_seen_due(self, interval: float) -> bool:
+        """Whether the host's last_seen needs writing: heard from since it was last written,
+        and that is `interval` seconds ago."""
+        return (
+            self.record is not None
+            and self._heard > self.seen_written
+            and self._loop_time() - self.seen_written >= interval
+        )
+
+    def mark_seen(self) -> HostRecord:
+        """The record with last_seen = when the agent was last heard (wall clock)."""
+        record = self._started
+        now = self._loop_time()
+        self.seen_written = now
+        self.record = replace(record, last_seen=time.time() - (now - self._heard))
+        return self.record
 
     def _uncork(self) -> None:
         """Send what the handler of a message sent (`ready` and `ms_list`: one segment)."""
@@ -176,10 +223,24 @@ class Session:
             await self._last_word(exc.error)
         except SilentError:
             logger.warning("%s silent for %.0fs; disconnected", self, self.hub.silence_limit())
+        except StartupOverdueError:
+            logger.info(
+                "%s sent no startup within %.0fs; closing", self, self.hub.settings.startup_timeout
+            )
+            await self._last_word(Error(ErrorCode.STARTUP_TIMEOUT, "no startup in time"))
         except (ConnectionError, OSError) as exc:
             logger.debug("%s connection lost: %s", self, exc)
+        except Exception:
+            # A bug in one session's work ends that session, loudly, and nothing else.
+            logger.exception("%s: internal error; closing this session", self)
+            with contextlib.suppress(Exception):
+                await self._last_word(Error(ErrorCode.INTERNAL, "internal error", retryable=True))
         finally:
             await self._close()
+
+    def _startup_overdue(self) -> None:
+        if self.record is None and not self._starting:
+            self.reader.set_exception(StartupOverdueError())
 
     def _watch(self) -> None:
         """One timer per silence period, not one per message: when it fires, an agent heard
@@ -200,7 +261,7 @@ class Session:
                 logger.debug("%s closed the connection", self)
                 return
             if isinstance(message, UnknownMessage):
-                logger.warning("%s sent unknown message type %r; ignored", self, message.type)
+                logger.warning("%s sent unknown message type %r; ignored", self, message.type[:60])
                 continue
             handler = self._handlers.get(message.TYPE)
             if handler is None:
@@ -226,6 +287,7 @@ class Session:
                     pass
 
     async def _close(self) -> None:
+        self._overdue.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
         record = self.record
@@ -248,17 +310,35 @@ class Session:
         if self.record is not None:
             logger.warning("%s sent a second startup; ignored", self)
             return
-        _check_startup(message)
+        _check_protocol(message)
         if not self.hub.available or self.hub.stopping:
             raise Refused(
                 ErrorCode.UNAVAILABLE, "server cannot register hosts now; retry", retryable=True
             )
+        self._starting = True
         try:
             started = await self._register(message)
         except RedisError as exc:
             raise Refused(
                 ErrorCode.UNAVAILABLE, f"registry unavailable: {exc}", retryable=True
             ) from None
+        except BadWriteError as exc:
+            raise Refused(ErrorCode.BAD_MESSAGE, str(exc)) from None
+        finally:
+            self._starting = False
+        if started.stale:
+            logger.info(
+                "%s: startup of guid %s refused: the host has a newer live session "
+                "(this attempt is older; the agent gave it up)",
+                self,
+                message.guid,
+            )
+            raise Refused(
+                ErrorCode.SUPERSEDED,
+                "a newer session of this host is live; this startup is stale",
+                retryable=True,
+            )
+        self._overdue.cancel()
         record = started.record
         await self.hub.balancer.ranks.catch_up(
             record.zone, record.id, ranked=record.ranked, rank=started.rank, count=started.count
@@ -290,14 +370,19 @@ class Session:
             algorithm=message.algorithm,
             check_interval=self.hub.balancer.effective(message.cluster).check_interval,
             last_seen=time.time(),
+            attempt=message.attempt,
         )
-        return await self.hub.registry.start(record)
+        return await self.hub.registry.start(record, live_for=self.hub.live_window())
 
     async def on_ack(self, message: Ack) -> None:
         if self.record is None:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "ack before startup")
         offer = self.pushed.get(message.version)
         self.pushed = {v: o for v, o in self.pushed.items() if v > message.version}
+        if offer is not None:
+            self.held = offer
+            if not self.pushed:
+                self.pending = None
         if offer is None:
             self.record = replace(self.record, acked_version=message.version)
         else:
@@ -311,7 +396,7 @@ class Session:
             )
         try:
             written = await self.hub.registry.update(self.record, **_ack_fields(self.record))
-        except RedisError as exc:
+        except (RedisError, LbError) as exc:
             logger.debug("%s: ack not recorded (%s); re-asserted later", self, exc)
             return
         if written == Write.SUPERSEDED:
@@ -324,7 +409,7 @@ class Session:
         """Any message proves the agent alive; nothing else to do."""
 
     async def on_error(self, message: Error) -> None:
-        logger.warning("%s reports error %s: %s", self, message.code, message.message)
+        logger.warning("%s reports error %r: %r", self, message.code, message.message[:200])
 
 
 @functools.lru_cache(maxsize=256)
@@ -334,15 +419,13 @@ def _encoded_list(offer: Offer, version: int) -> bytes:
     return encode(MsList(list(offer.ms_list), offer.algorithm, offer.check_interval, version))
 
 
-def _check_startup(message: Startup) -> None:
+def _check_protocol(message: Startup) -> None:
+    """The startup's fields were checked when it was decoded (common.protocol)."""
     if message.protocol != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_PROTOCOL,
             f"protocol {message.protocol} not supported; this server speaks {PROTOCOL_VERSION}",
         )
-    for name in ("guid", "zone"):
-        if not getattr(message, name).strip():
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"startup: empty {name!r}")
 
 
 def _ack_fields(record: HostRecord) -> dict[str, str]:

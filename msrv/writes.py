@@ -18,10 +18,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from common.errors import LbError
+
 # Queues exactly one command on the pipeline (awaitable: redis-py's scripts are coroutines).
 Command = Callable[[Pipeline], Awaitable[object]]
 
 MAX_BATCH = 1000  # commands per pipeline
+
+
+class BadWriteError(LbError):
+    """One caller's write could not be sent (not Redis's fault); the writer goes on."""
 
 
 class WriteQueue:
@@ -30,11 +36,15 @@ class WriteQueue:
         self.max_batch = max_batch
         self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
-        self.running = False
+        self.stopped = False
 
     def submit(self, command: Command) -> asyncio.Future[Any]:
-        """Queue one command; the future gets its reply (or its error, a RedisError)."""
+        """Queue one command; the future gets its reply (or its error: a RedisError, or a
+        BadWriteError for a command that cannot be sent)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.stopped:
+            future.set_exception(RedisError("the writer stopped"))
+            return future
         self._queue.append((command, future))
         self._wake.set()
         return future
@@ -53,7 +63,6 @@ class WriteQueue:
 
     async def run(self) -> None:
         """The writer: sends whatever queued up while the last batch was in flight."""
-        self.running = True
         try:
             while True:
                 await self._wake.wait()
@@ -62,7 +71,7 @@ class WriteQueue:
                     size = min(len(self._queue), self.max_batch)
                     await self._send([self._queue.popleft() for _ in range(size)])
         finally:
-            self.running = False
+            self.stopped = True
             while self._queue:
                 _, future = self._queue.popleft()
                 if not future.done():
@@ -78,14 +87,13 @@ class WriteQueue:
                     await command(pipe)
                 replies = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(copy.copy(exc))
+            _fail(batch, exc)
+            return
+        except Exception as exc:  # one command Redis cannot take (a value it cannot encode)
+            await self._isolate(batch, exc)
             return
         except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(RedisError(f"write abandoned: {exc!r}"))
+            _fail(batch, RedisError(f"write abandoned: {exc!r}"))
             raise
         for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():
@@ -94,3 +102,20 @@ class WriteQueue:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _isolate(
+        self, batch: list[tuple[Command, asyncio.Future[Any]]], exc: Exception
+    ) -> None:
+        """A batch failed on one bad command: that command's caller gets the error, the
+        others are sent again one by one. The writer itself never stops for a caller's write."""
+        if len(batch) == 1:
+            _fail(batch, BadWriteError(f"write refused: {exc!r}"))
+            return
+        for item in batch:
+            await self._send([item])
+
+
+def _fail(batch: list[tuple[Command, asyncio.Future[Any]]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(copy.copy(exc))

@@ -22,6 +22,7 @@ class FakeAgent:
     def __init__(self, host_id: int, zone: str = "z", cluster: str = "c", held: Held | None = None):
         self._id, self._zone, self._cluster = host_id, zone, cluster
         self.held = held or Held((), None, None)
+        self.pending: Offer | None = None  # this fake acks every list at once
         self.sent: list[Message] = []
 
     @property

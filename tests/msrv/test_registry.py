@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -59,7 +60,7 @@ def test_start_assigns_ids_once_in_one_script_and_never_reuses_them(
     async def work(registry: HostRegistry, keys: Keys) -> None:
         redis = registry.redis
         racing = [record(0, f"s{i}", guid=f"g{i % 5}") for i in range(40)]
-        started = await asyncio.gather(*(registry.start(r) for r in racing))
+        started = await asyncio.gather(*(registry.start(r, live_for=60) for r in racing))
         ids = {s.record.guid: s.record.id for s in started}
         assert sorted(ids.values()) == [1, 2, 3, 4, 5]  # none burned
         assert all(s.record.id == ids[s.record.guid] for s in started)
@@ -69,7 +70,7 @@ def test_start_assigns_ids_once_in_one_script_and_never_reuses_them(
         (host,) = [h for h in await load_hosts(redis, keys) if h.id == ids["g0"]]
         assert host.guid == "g0" and host.session in {f"s{i}" for i in range(0, 40, 5)}
         await redis.hdel(keys.host_ids_by_guid, "g0")  # retired
-        again = await registry.start(record(0, "t", guid="g0", name='hôte "ü" 🖥'))
+        again = await registry.start(record(0, "t", guid="g0", name='hôte "ü" 🖥'), live_for=60)
         assert again.new and again.record.id == 6
         fields = await redis.hgetall(keys.host(6))
         assert HostRecord.from_hash(6, fields) == again.record  # as given (packed as JSON)
@@ -111,7 +112,7 @@ def test_claim_publishes_zone_change_once_and_moves_zones(
 ) -> None:
     async def work(registry: HostRegistry, keys: Keys) -> None:
         redis = registry.redis
-        write = registry.claim if how == "claim" else registry.start
+        write = registry.claim if how == "claim" else functools.partial(registry.start, live_for=60)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.events)
         await write(record(1, "s1"))
