@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from common.configstore import ConfigChange, ConfigEntry, ConfigStore
 from msctl.options import CliConfig, connection_options, run_async
-from msctl.tables import format_table
+from msctl.tables import format_table, printable
 
 cluster_option = click.option(
     "--cluster", default=None, metavar="ID", help="a cluster's override instead of the global value"
@@ -73,7 +73,7 @@ def config_get(cli: CliConfig, key: str, cluster: str | None, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(entry.as_json()))
     elif entry.value is not None:
-        click.echo(entry.value)
+        click.echo(printable(entry.value, limit=None))
     else:
         click.echo(f"{key} is not set", err=True)
 
@@ -95,7 +95,7 @@ def config_list(cli: CliConfig, cluster: str | None, as_json: bool) -> None:
     rows: list[tuple[str, ...]] = [("NAME", "VALUE", "DEFAULT", "SOURCE", "SCOPE")]
     for e in entries:
         rows.append((e.name, _show(e.value), _show(e.default), str(e.source), ",".join(e.scopes)))
-    click.echo(format_table(rows))
+    click.echo(format_table(rows, wide=(1, 2)))
 
 
 def _show(value: str | None) -> str:

@@ -11,7 +11,9 @@ import redis.asyncio as aioredis
 from common.errors import ValidationError
 from common.records import HostBusyError, HostRecord, load_hosts, remove_host
 from msctl.options import CliConfig, connection_options, run_async
-from msctl.tables import format_age, format_table
+from msctl.tables import format_age, format_table, printable
+
+LIST_COLUMN = 7  # the list each host holds: as wide as a `host` value
 
 
 @click.group("hosts", invoke_without_command=True)
@@ -32,7 +34,7 @@ def hosts_group(ctx: click.Context, cli: CliConfig, as_json: bool) -> None:
     elif not hosts:
         click.echo("no hosts registered")
     else:
-        click.echo(format_table(_rows(hosts, time.time())))
+        click.echo(format_table(_rows(hosts, time.time()), wide=(LIST_COLUMN,)))
 
 
 def _rows(hosts: list[HostRecord], now: float) -> list[tuple[str, ...]]:
@@ -74,7 +76,8 @@ def hosts_remove(cli: CliConfig, host_id: int) -> None:
         try:
             return await remove_host(redis, cli.keys, host_id)
         except HostBusyError as exc:
-            raise ValidationError(str(exc)) from None
+            raise ValidationError(printable(str(exc), limit=None)) from None
 
     removed = run_async(cli, work)
-    click.echo(f"host {removed.id} ({removed.name}, zone {removed.zone}) removed")
+    name, zone = printable(removed.name), printable(removed.zone)
+    click.echo(f"host {removed.id} ({name}, zone {zone}) removed")

@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.configstore import ConfigStore
-from common.connection import redis_from_url
 from common.keys import Keys
 from msctl.children import ChildError, LoggedProcess, msrv_args, msrv_ready, swarm_ready
 from msctl.embedded_redis import FakeRedisTcp, RedisServer, free_port, start_embedded
+from msctl.options import msctl_redis
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Lab:
         return [m.listen for m in self.members]
 
     def redis(self) -> aioredis.Redis:
-        return redis_from_url(self.url)
+        return msctl_redis(self.url)
 
     async def start(self, **settings: str) -> None:
         """Redis, servers, the `host` setting (plus `settings`), then the agents."""

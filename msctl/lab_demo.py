@@ -105,7 +105,7 @@ class Demo:
         lines = self.host_lines()
         rows = [("AGENT", "HOST ID", "ON", "agent.properties")]
         rows += [(h.name, str(h.id), h.server, f"host={lines[h.name]}") for h in hosts]
-        return format_table(rows)
+        return format_table(rows, wide=(3,))
 
     async def set(self, **values: str) -> None:
         version = await self.lab.configure(**values)

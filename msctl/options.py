@@ -44,7 +44,16 @@ class CliConfig:
         return Keys(self.namespace)
 
     def redis(self) -> aioredis.Redis:
-        return redis_from_url(self.redis_url)
+        return msctl_redis(self.redis_url)
+
+
+def msctl_redis(url: str) -> aioredis.Redis:
+    """A client like the daemons', except that bytes in Redis that are not UTF-8 decode to lone
+    surrogates (`surrogateescape`) instead of failing the command: msctl shows them escaped
+    (msctl.tables.printable), and `--json` as `\\udcff` escapes, which give the bytes back."""
+    client = redis_from_url(url)
+    client.connection_pool.connection_kwargs["encoding_errors"] = "surrogateescape"
+    return client
 
 
 LAB_DIR_ENV = "MSCTL_LAB_DIR"

@@ -13,7 +13,7 @@ from common.configstore import ConfigSnapshot, ConfigStore
 from common.errors import UnknownAlgorithmError
 from common.records import HostRecord, HostState, ServerRecord, load_hosts, load_servers
 from msctl.options import CliConfig, connection_options, run_async
-from msctl.tables import format_table
+from msctl.tables import format_table, printable
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _warnings(fleet: Fleet) -> list[str]:
         )
     if not any(s.state == "running" for s in fleet.servers):
         warnings.append("no management server is running")
-    down = [s.id for s in fleet.servers if s.state == "down"]
+    down = [printable(s.id) for s in fleet.servers if s.state == "down"]
     if down:
         warnings.append(f"servers down (no liveness refresh): {', '.join(down)}")
     stale = stale_hosts(fleet.snapshot, fleet.hosts)
@@ -106,6 +106,6 @@ def status_command(cli: CliConfig) -> None:
         return Fleet(snapshot, servers, await load_hosts(redis, cli.keys))
 
     fleet = run_async(cli, work)
-    click.echo(format_table([("WHAT", "VALUE"), *_summary(fleet)]))
+    click.echo(format_table([("WHAT", "VALUE"), *_summary(fleet)], wide=(1,)))
     for warning in _warnings(fleet):
         click.echo(f"warning: {warning}")
