@@ -11,7 +11,14 @@ import redis.asyncio as aioredis
 from common import algorithms
 from common.configstore import ConfigSnapshot, ConfigStore
 from common.errors import UnknownAlgorithmError
-from common.records import HostRecord, HostState, ServerRecord, load_hosts, load_servers
+from common.records import (
+    HostRecord,
+    HostState,
+    ServerRecord,
+    ServerState,
+    load_hosts,
+    load_servers,
+)
 from msctl.options import CliConfig, connection_options, run_async
 from msctl.tables import format_table, printable
 
@@ -45,17 +52,46 @@ def stale_hosts(snapshot: ConfigSnapshot, hosts: list[HostRecord]) -> list[HostR
     return stale
 
 
+def _running(fleet: Fleet) -> list[ServerRecord]:
+    return [s for s in fleet.servers if s.state == ServerState.RUNNING]
+
+
+def _by_version(servers: list[ServerRecord]) -> str:
+    """`version 5: ms1, ms2; version 3: ms3`, newest first."""
+    groups: dict[int, list[str]] = defaultdict(list)
+    for server in servers:
+        groups[server.settings_version].append(printable(server.id))
+    return "; ".join(f"version {v}: {', '.join(groups[v])}" for v in sorted(groups, reverse=True))
+
+
+def _lost_settings(fleet: Fleet) -> str | None:
+    """Running servers that apply a newer settings version than Redis holds: Redis lost its
+    data (or was replaced), and those servers keep their last-known settings (msrv.balancer)."""
+    ahead = [s for s in _running(fleet) if s.settings_version > fleet.snapshot.version]
+    if not ahead:
+        return None
+    return (
+        f"Redis lost its settings: Redis is at config version {fleet.snapshot.version}, "
+        f"running servers apply {_by_version(ahead)}. They keep pushing their last-known lists "
+        "(agents keep theirs). Set the settings again with `msctl config set`: the servers "
+        "apply the next change, so set every one that is not the default"
+    )
+
+
 def _warnings(fleet: Fleet) -> list[str]:
     settings = fleet.snapshot.effective()
     warnings = []
-    if settings.host is None:
+    lost = _lost_settings(fleet)
+    if lost is not None:
+        warnings.append(lost)
+    elif settings.host is None:
         warnings.append(
             "`host` is not set: servers push no list and agents keep theirs; "
             "set it with `msctl config set host A,B,C`"
         )
-    if not any(s.state == "running" for s in fleet.servers):
+    if not _running(fleet):
         warnings.append("no management server is running")
-    down = [printable(s.id) for s in fleet.servers if s.state == "down"]
+    down = [printable(s.id) for s in fleet.servers if s.state == ServerState.DOWN]
     if down:
         warnings.append(f"servers down (no liveness refresh): {', '.join(down)}")
     stale = stale_hosts(fleet.snapshot, fleet.hosts)
@@ -78,7 +114,7 @@ def _summary(fleet: Fleet) -> list[tuple[str, str]]:
         check += f" (overrides: {', '.join(overrides)})"
     servers = Counter(str(s.state) for s in fleet.servers)
     hosts = Counter(str(h.state) for h in fleet.hosts)
-    return [
+    rows = [
         ("config version", str(fleet.snapshot.version)),
         ("host", ",".join(settings.host) if settings.host else "(not set)"),
         ("algorithm", settings.algorithm),
@@ -88,6 +124,10 @@ def _summary(fleet: Fleet) -> list[tuple[str, str]]:
         ("hosts", _counts(hosts, len(fleet.hosts))),
         ("zones", str(len({h.zone for h in fleet.hosts}))),
     ]
+    running = _running(fleet)
+    if any(s.settings_version != fleet.snapshot.version for s in running):
+        rows.insert(1, ("servers apply", _by_version(running)))
+    return rows
 
 
 def _counts(counter: Counter[str], total: int) -> str:
