@@ -139,9 +139,11 @@ class LoggedProcess:
         return code
 
 
-def msrv_args(listen: str, server_id: str, redis_url: str, namespace: str) -> list[str]:
+def msrv_args(
+    listen: str, server_id: str, redis_url: str, namespace: str, *extra: str
+) -> list[str]:
     return ["-m", "msrv", "serve", "--listen", listen, "--id", server_id,
-            "--redis-url", redis_url, "--namespace", namespace]  # fmt: skip
+            "--redis-url", redis_url, "--namespace", namespace, *extra]  # fmt: skip
 
 
 def msrv_ready(server_id: str) -> str:

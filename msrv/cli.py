@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -62,6 +63,22 @@ def cli() -> None:
     metavar="SECONDS",
     help="close a connection that completes no startup within this time",
 )
+@click.option(
+    "--repush-interval",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="push a list again when its agent has not acknowledged it for this long",
+)
+@click.option(
+    "--last-seen-interval",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="how often a connected host's last_seen is written",
+)
 @click.option("-v", "--verbose", count=True, help="more log output")
 def serve(
     listen: str,
@@ -70,12 +87,18 @@ def serve(
     redis_url: str,
     namespace: str,
     startup_timeout: float,
+    repush_interval: float,
+    last_seen_interval: float,
     verbose: int,
 ) -> None:
     """Serve agents: registry, per-agent lists, live propagation of settings."""
     try:
-        settings = ServerSettings.build(
-            listen, advertise, server_id, redis_url, namespace, startup_timeout
+        settings = ServerSettings.build(listen, advertise, server_id, redis_url, namespace)
+        settings = dataclasses.replace(
+            settings,
+            startup_timeout=startup_timeout,
+            repush_interval=repush_interval,
+            last_seen_interval=last_seen_interval,
         )
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from None

@@ -42,7 +42,6 @@ class ServerSettings:
         server_id: str | None = None,
         redis_url: str = DEFAULT_REDIS_URL,
         namespace: str = DEFAULT_NAMESPACE,
-        startup_timeout: float = 10.0,
     ) -> ServerSettings:
         """Validate the command line; the advertised address defaults to the listen one."""
         address = parse_address(listen)
@@ -63,5 +62,4 @@ class ServerSettings:
             server_id=server_id,
             redis_url=redis_url,
             namespace=check_namespace(namespace),
-            startup_timeout=startup_timeout,
         )

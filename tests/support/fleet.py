@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -61,6 +61,21 @@ class Fleet:
     async def hosts(self) -> list[HostRecord]:
         return await load_hosts(self.redis, self.keys)
 
+    async def wait_hosts(
+        self, check: Callable[[list[HostRecord]], bool], timeout: float = 5.0
+    ) -> list[HostRecord]:
+        """Poll the registry until `check(hosts)` holds (a hash write sends no event)."""
+        hosts: list[HostRecord] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    hosts = await self.hosts()
+                    if check(hosts):
+                        return hosts
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"registry never matched; last seen: {hosts}") from None
+
     async def msctl(self, *args: str) -> Result:
         """Run msctl in a thread (it runs its own event loop)."""
         from msctl.cli import cli
@@ -77,13 +92,16 @@ async def fleet(
     servers: int = 3,
     settings: Iterable[tuple[str, str]] = (),
     verbose: bool = False,
+    server_options: tuple[str, ...] = (),
 ) -> AsyncIterator[Fleet]:
     redis = redis_from_url(redis_url)
     store = ConfigStore(redis, Keys(namespace))
     for name, value in settings:
         await store.set(name, value)
     try:
-        async with run_servers(servers, redis_url, namespace, verbose=verbose) as processes:
+        async with run_servers(
+            servers, redis_url, namespace, verbose=verbose, extra=server_options
+        ) as processes:
             f = Fleet(redis, redis_url, namespace, processes)
             try:
                 yield f

@@ -21,11 +21,17 @@ VERSION_LINE = re.compile(r"settings (?:now )?at version (\d+)")
 
 class MsrvProcess(LoggedProcess):
     def __init__(
-        self, server_id: str, redis_url: str, namespace: str, *, verbose: bool = False
+        self,
+        server_id: str,
+        redis_url: str,
+        namespace: str,
+        *,
+        verbose: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.server_id = server_id
         self.port = free_port()
-        args = msrv_args(self.address, server_id, redis_url, namespace)
+        args = msrv_args(self.address, server_id, redis_url, namespace, *extra)
         super().__init__(server_id, [*args, "-v"] if verbose else args)
 
     @property
@@ -57,11 +63,18 @@ class MsrvProcess(LoggedProcess):
 
 @contextlib.asynccontextmanager
 async def run_servers(
-    count: int, redis_url: str, namespace: str, *, verbose: bool = False
+    count: int,
+    redis_url: str,
+    namespace: str,
+    *,
+    verbose: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> AsyncIterator[list[MsrvProcess]]:
-    """Start `count` servers (ms1, ms2, ...) at once; kill whatever is left afterwards."""
+    """Start `count` servers (ms1, ms2, ...) at once, each with the `extra` options of
+    `msrv serve`; kill whatever is left afterwards."""
     servers = [
-        MsrvProcess(f"ms{i + 1}", redis_url, namespace, verbose=verbose) for i in range(count)
+        MsrvProcess(f"ms{i + 1}", redis_url, namespace, verbose=verbose, extra=extra)
+        for i in range(count)
     ]
     try:
         await asyncio.gather(*(s.start() for s in servers))
