@@ -19,7 +19,8 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from common.errors import ProtocolError
@@ -55,7 +56,8 @@ def retry_policy(what: str, *, initial: float = 0.1, cap: float = 2.0) -> AsyncR
 
     return AsyncRetrying(
         retry=retry_if_exception_type(CONNECTION_ERRORS),
-        wait=wait_exponential_jitter(initial=initial, max=cap, jitter=initial),
+        # wait_exponential_jitter's `initial` is deprecated in newer tenacity; the same sum:
+        wait=wait_exponential(multiplier=initial, max=cap) + wait_random(0, initial),
         before_sleep=before_sleep,
         reraise=True,
     )

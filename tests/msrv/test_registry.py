@@ -16,6 +16,7 @@ from common.connection import redis_from_url
 from common.keys import Keys
 from common.records import HostRecord, HostState, load_hosts
 from msrv.registry import HostRegistry, Write
+from msrv.writes import BadWriteError
 
 
 def record(host_id: int, session: str, **fields: object) -> HostRecord:
@@ -168,5 +169,22 @@ def test_reassert_rebuilds_what_an_empty_redis_lost(redis_url: str, namespace: s
         assert await redis.zrange(keys.zone_hosts("z2"), 0, -1) == ["9"]
         assert [h.id for h in await load_hosts(redis, keys)] == [4, 9]
         assert await registry.host_id("fresh") == 10
+
+    run(redis_url, namespace, work)
+
+
+def test_a_write_redis_cannot_encode_fails_only_its_caller_and_the_writer_goes_on(
+    redis_url: str, namespace: str
+) -> None:
+    """A lone surrogate once raised UnicodeEncodeError out of the writer, which died."""
+
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        good, bad = record(1, "a"), record(2, "b", guid="\udc00")
+        results = await asyncio.gather(
+            registry.reassert([good]), registry.reassert([bad]), return_exceptions=True
+        )
+        assert results[0] == [Write.WRITTEN]
+        assert isinstance(results[1], BadWriteError)
+        assert await registry.reassert([record(3, "c")]) == [Write.WRITTEN]
 
     run(redis_url, namespace, work)

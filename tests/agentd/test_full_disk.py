@@ -1,0 +1,66 @@
+"""An agent whose properties live on a full disk: it says why once, keeps its old file intact,
+does not acknowledge, and saves and acknowledges once space returns."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.agents import host_value, start_agent, write_properties
+from tests.support.fleet import fleet
+from tests.support.tmpfs import fill, small_tmpfs
+
+
+def test_a_list_that_cannot_be_saved_is_not_acked_and_is_saved_when_space_returns(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    async def scenario(disk: Path) -> None:
+        async with fleet(
+            redis_url, namespace, servers=1, server_options=("--repush-interval", "0.3")
+        ) as f:
+            (server,) = f.servers
+            await f.set("host", server.address)
+            agent = await start_agent(disk / "a1", "a1", server.address)
+            await agent.wait_for(r"persisted host=")
+            old = agent.path.read_bytes()
+            filler = fill(disk)
+            new = f"{server.address},127.0.0.1:9"
+            await f.set("host", new)
+            await server.wait_for("pushed again", count=3)
+            errors = agent.matching(r"ERROR .*cannot save host=")
+            assert len(errors) == 1 and "No space left on device" in errors[0], agent.tail()
+            assert agent.path.read_bytes() == old
+            assert [p.name for p in agent.path.parent.iterdir()] == ["agent.properties"]
+            (host,) = await f.hosts()
+            assert host.ms_list == (server.address,)  # what the agent holds, not what was sent
+            filler.unlink()
+            await agent.wait_for("writable again")
+            await f.wait_hosts(lambda hosts: ",".join(hosts[0].ms_list) == new)
+            assert host_value(agent.path) == f"{new}@static"
+            assert not agent.matching("lost server")
+            assert await agent.stop() == 0
+
+    with small_tmpfs(tmp_path / "disk") as disk:
+        asyncio.run(scenario(disk))
+
+
+def test_agentd_run_with_no_guid_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk") as disk:
+        path = write_properties(disk / "a1", "a1", "127.0.0.1:9")
+        before = path.read_bytes()
+        fill(disk)
+        done = subprocess.run(
+            [sys.executable, "-m", "agentd", "run", "--properties", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 2
+        assert done.stderr == (
+            f"Error: {path}: cannot write the generated guid: No space left on device\n"
+        )
+        assert path.read_bytes() == before
+        assert [p.name for p in path.parent.iterdir()] == ["agent.properties"]

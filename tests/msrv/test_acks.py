@@ -1,0 +1,62 @@
+"""What the registry says a host holds is what its agent acknowledged; last_seen stays fresh."""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.protocol import Ack, MsList
+from tests.support.fleet import fleet
+
+
+def test_a_list_not_acknowledged_is_pushed_again_and_recorded_only_once_acked(
+    redis_url: str, namespace: str
+) -> None:
+    """A list the agent could not save was recorded as held when sent, so never sent again."""
+
+    async def scenario() -> None:
+        async with fleet(
+            redis_url, namespace, servers=1, server_options=("--repush-interval", "0.3")
+        ) as f:
+            version = await f.set("host", "a,b")
+            client = await f.connect(auto_ack=False)
+            greeting = await client.startup("h1", ms_list=["x"], algorithm="static")
+            assert greeting.ms_list == MsList(["a", "b"], "static", 0, version)
+            # not acked: the same list comes again, and the registry keeps what the agent has
+            assert await client.next(timeout=5) == greeting.ms_list
+            assert await client.next(timeout=5) == greeting.ms_list
+            await f.servers[0].wait_for(r"1 lists not acknowledged in 0s; pushed again")
+            (host,) = await f.hosts()
+            assert (host.ms_list, host.acked_version) == (("x",), 0)
+            await client.send(Ack(version))
+            await f.wait_hosts(lambda hosts: hosts[0].ms_list == ("a", "b"))
+            # once acked, it is not pushed again (a push in flight before the ack arrives
+            # before the answer to this ping); then wait out three repush periods
+            await client.sync()
+            pushed = len(client.ms_lists)
+            await asyncio.sleep(1.0)
+            await client.sync()
+            assert len(client.ms_lists) == pushed
+
+    asyncio.run(scenario())
+
+
+def test_last_seen_of_a_connected_host_is_refreshed(redis_url: str, namespace: str) -> None:
+    """last_seen was written at startup only (87 s old for an agent pinging every 5 s)."""
+
+    async def scenario() -> None:
+        async with fleet(
+            redis_url, namespace, servers=1, server_options=("--last-seen-interval", "0.2")
+        ) as f:
+            client = await f.connect()
+            await client.startup("h1")
+            (first,) = await f.hosts()
+            client.keepalive(0.1)
+            later = await f.wait_hosts(lambda hosts: hosts[0].last_seen >= first.last_seen + 0.5)
+            assert later[0].state == "connected"
+            await client.close()
+            await f.servers[0].wait_for("1 session ended")
+            (gone,) = await f.hosts()
+            # a host no longer heard from keeps the time it was last heard
+            assert gone.state == "disconnected" and gone.last_seen >= later[0].last_seen
+
+    asyncio.run(scenario())
