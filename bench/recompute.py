@@ -20,15 +20,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.assignment import Holding
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
 from common.keys import Keys
 from common.records import HostRecord
 from msctl.embedded_redis import RedisServer
-from msrv.balancer import Balancer, Held
+from msrv.balancer import Balancer
 from msrv.config import ServerSettings
+from msrv.connection import Connection
+from msrv.context import ServerContext
+from msrv.lifecycle import HostSession
 from msrv.registry import HostRegistry
-from msrv.sessions import Hub, Session
+from msrv.resync import Resync
+from msrv.session_log import SessionLog
+from msrv.table import SessionTable
 
 ZONE = "bench"
 SERVERS = "10.0.0.1,10.0.0.2,10.0.0.3"
@@ -59,13 +65,26 @@ class CountingWriter:
         self.writes += 1
 
 
-def session(hub: Hub, host_id: int) -> tuple[Session, CountingWriter]:
+def session(ctx: ServerContext, host_id: int) -> tuple[HostSession, CountingWriter]:
     """A real msrv session, as after its startup, holding the static list."""
     writer = CountingWriter()
-    agent = Session(hub, None, writer)  # type: ignore[arg-type]
-    agent.record = HostRecord(host_id, f"g{host_id}", zone=ZONE, cluster="c1", type="routing")
-    agent.held = Held(tuple(SERVERS.split(",")), "static", 0)
-    return agent, writer
+    conn = Connection(None, writer, send_buffer_limit=1 << 20, startup_timeout=60)  # type: ignore[arg-type]
+    conn.started()
+    host = HostSession(ctx, conn)
+    host.record = HostRecord(host_id, f"g{host_id}", zone=ZONE, cluster="c1", type="routing")
+    host.holding = Holding(tuple(SERVERS.split(",")), "static", 0, 5, 3)
+    return host, writer
+
+
+def context(redis: object, keys: Keys) -> ServerContext:
+    table: SessionTable[HostSession] = SessionTable()
+    balancer = Balancer(redis, keys, table)  # type: ignore[arg-type]
+    registry = HostRegistry(redis, keys)  # type: ignore[arg-type]
+    resync = Resync("bench", ConfigStore(redis, keys), balancer, registry, table)  # type: ignore[arg-type]
+    settings = ServerSettings.build("10.0.0.1:8250")
+    return ServerContext(
+        settings, table, registry, balancer, resync, SessionLog("bench", lambda: 0)
+    )
 
 
 async def measure(redis_url: str, hosts: int) -> dict[str, float | int]:
@@ -77,12 +96,13 @@ async def measure(redis_url: str, hosts: int) -> dict[str, float | int]:
         for start in range(1, hosts + 1, 10_000):
             chunk = range(start, min(start + 10_000, hosts + 1))
             await redis.zadd(keys.zone_hosts(ZONE), {str(i): i for i in chunk})
-        balancer = Balancer(redis, keys, "10.0.0.1:8250")
-        await balancer.load()
-        hub = Hub(ServerSettings.build("10.0.0.1:8250"), HostRegistry(redis, keys), balancer)
-        served = [session(hub, i) for i in range(1, hosts + 1)]
+        ctx = context(redis, keys)
+        balancer = ctx.balancer
+        await ctx.resync.load()
+        served = [session(ctx, i) for i in range(1, hosts + 1)]
         writers = [w for _, w in served]
-        balancer.zones[ZONE] = {a.host_id: a for a, _ in served}  # as after admission
+        for host, _ in served:  # as after admission
+            ctx.table.start(host)
 
         started = time.perf_counter()
         await balancer.ranks.read(ZONE)
@@ -95,16 +115,17 @@ async def measure(redis_url: str, hosts: int) -> dict[str, float | int]:
 
         await store.set("indirect.agent.lb.algorithm", "roundrobin")
         started = time.perf_counter()
-        assert await balancer.apply_settings(trusted=True)
+        assert await ctx.resync.check_settings(after_event=True)
         switched = time.perf_counter() - started
         pushed = sum(w.writes for w in writers)
         assert pushed == hosts, pushed
         # a host admitted now is ranked from the cached ids, not from a new full read
-        late, late_writer = session(hub, hosts + 1)
+        late, late_writer = session(ctx, hosts + 1)
         await redis.zadd(keys.zone_hosts(ZONE), {str(late.host_id): late.host_id})
         started = time.perf_counter()
         await balancer.ranks.catch_up(ZONE, late.host_id, ranked=True, rank=hosts, count=hosts + 1)
-        balancer.admit(late)
+        ctx.table.start(late)
+        late._serve(late.record)  # what a startup does once registered: ready, then the list
         admit = time.perf_counter() - started
         assert late_writer.writes == 2  # ready, ms_list
         await redis.delete(*(await redis.keys(f"{keys.namespace}:*")))

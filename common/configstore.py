@@ -7,7 +7,9 @@ Setting a value to what it already is, or unsetting what is not set, changes not
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -56,19 +58,17 @@ class ConfigChange:
 
 @dataclass(frozen=True)
 class ConfigSnapshot:
-    """Every stored setting at one version."""
+    """Every stored setting at one version of one epoch (None: nothing was ever set, or Redis
+    lost it)."""
 
     version: int
     global_values: dict[str, str]
     cluster_values: dict[str, dict[str, str]] = field(default_factory=dict)
+    epoch: str | None = None
 
     def effective(self, cluster: str | None = None) -> EffectiveSettings:
         overrides = self.cluster_values.get(cluster) if cluster is not None else None
         return EffectiveSettings.from_maps(self.global_values, overrides)
-
-    @property
-    def is_empty(self) -> bool:
-        return self.version == 0 and not self.global_values and not self.cluster_values
 
 
 class ConfigStore:
@@ -88,6 +88,11 @@ class ConfigStore:
 
     async def version(self) -> int:
         return int(await self.redis.get(self.keys.settings_version) or 0)
+
+    async def stamp(self) -> tuple[str | None, int]:
+        """(epoch, version) of the stored settings: what a server polls."""
+        epoch, version = await self.redis.mget(self.keys.settings_epoch, self.keys.settings_version)
+        return cast(str | None, epoch), int(version or 0)
 
     async def set(self, name: str, raw: str, cluster: str | None = None) -> ConfigChange:
         """Validate and store a value; raises ValidationError (Redis untouched) when bad."""
@@ -122,6 +127,7 @@ class ConfigStore:
                         if cluster is not None:
                             pipe.sadd(self.keys.clusters_with_overrides, cluster)
                     pipe.set(version_key, version + 1)
+                    pipe.set(self.keys.settings_epoch, uuid.uuid4().hex, nx=True)
                     scope = Scope.CLUSTER if cluster is not None else Scope.GLOBAL
                     pipe.publish(
                         self.keys.events,
@@ -140,10 +146,11 @@ class ConfigStore:
                 pipe.get(keys.settings_version)
                 pipe.hgetall(keys.settings)
                 pipe.smembers(keys.clusters_with_overrides)
-                raw_version, global_values, clusters = await pipe.execute()
+                pipe.get(keys.settings_epoch)
+                raw_version, global_values, clusters, epoch = await pipe.execute()
             version = int(raw_version or 0)
             if not clusters:
-                return ConfigSnapshot(version, dict(global_values))
+                return ConfigSnapshot(version, dict(global_values), epoch=epoch)
             ordered = sorted(clusters)
             async with self.redis.pipeline(transaction=True) as pipe:
                 for cluster in ordered:
@@ -152,7 +159,7 @@ class ConfigStore:
                 *cluster_maps, again = await pipe.execute()
             if int(again or 0) == version:
                 overrides = {c: dict(m) for c, m in zip(ordered, cluster_maps, strict=True) if m}
-                return ConfigSnapshot(version, dict(global_values), overrides)
+                return ConfigSnapshot(version, dict(global_values), overrides, epoch)
 
     async def entries(self, cluster: str | None = None) -> list[ConfigEntry]:
         """Every setting with its effective value, default and source."""

@@ -50,6 +50,12 @@ class Keys:
         return self._k("settings", "clusters")
 
     @property
+    def settings_epoch(self) -> str:
+        """A random id created with the first settings write: a Redis that lost its data and
+        was set again has another one, whatever its version counter says."""
+        return self._k("settings", "epoch")
+
+    @property
     def settings_version(self) -> str:
         """Counter bumped by every accepted settings change."""
         return self._k("settings", "version")

@@ -81,17 +81,26 @@ class Ready:
 
 @dataclass(frozen=True)
 class MsList:
+    """The list an agent is to hold, and the settings that travel with it: a change of ping
+    settings reaches connected agents this way (`ready` carries them only once)."""
+
     TYPE: ClassVar[MessageType] = MessageType.MS_LIST
     ms_list: list[str]
     algorithm: str
     check_interval: int
     version: int
+    ping_interval: int
+    ping_timeout: int
 
 
 @dataclass(frozen=True)
 class Ack:
+    """Names exactly the list the agent has persisted (several pushes may share a version)."""
+
     TYPE: ClassVar[MessageType] = MessageType.ACK
     version: int
+    ms_list: list[str]
+    algorithm: str
 
 
 @dataclass(frozen=True)

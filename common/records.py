@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from common import events
+from common import events, host_scripts
 from common.errors import LbError, ValidationError
 from common.keys import Keys
 
@@ -71,6 +71,8 @@ class HostRecord:
     algorithm: str | None = None
     acked_version: int = 0
     check_interval: int = 0
+    ping_interval: int = 0  # as last acknowledged (0: not known)
+    ping_timeout: int = 0
     last_seen: float = 0.0
     attempt: int = 0  # the startup's attempt stamp (common.protocol.Startup)
 
@@ -92,6 +94,8 @@ class HostRecord:
             "algorithm": self.algorithm or "",
             "acked_version": str(self.acked_version),
             "check_interval": str(self.check_interval),
+            "ping_interval": str(self.ping_interval),
+            "ping_timeout": str(self.ping_timeout),
             "last_seen": f"{self.last_seen:.3f}",
             "attempt": str(self.attempt),
         }
@@ -112,6 +116,8 @@ class HostRecord:
             algorithm=fields.get("algorithm") or None,
             acked_version=int(_number(fields.get("acked_version"))),
             check_interval=int(_number(fields.get("check_interval"))),
+            ping_interval=int(_number(fields.get("ping_interval"))),
+            ping_timeout=int(_number(fields.get("ping_timeout"))),
             last_seen=_number(fields.get("last_seen")),
             attempt=int(_number(fields.get("attempt"))),
         )
@@ -119,7 +125,7 @@ class HostRecord:
     def as_json(self) -> dict[str, Any]:
         """The `msctl hosts --json` shape."""
         body = asdict(self)
-        for private in ("session", "acked_version", "attempt"):
+        for private in ("session", "acked_version", "attempt", "ping_interval", "ping_timeout"):
             body.pop(private)
         body["ms_list"] = list(self.ms_list)
         return body
@@ -209,41 +215,36 @@ class HostBusyError(LbError):
     """The host is connected; retire it once its agent is stopped."""
 
 
-# KEYS: host hash, guid map, liveness key of the host's server; ARGV: host id.
-# Returns the host's zone, whose sorted set the caller then updates (its name needs the zone).
-_REMOVE = """
-local fields = redis.call('HMGET', KEYS[1], 'guid', 'zone', 'state', 'server')
-if not fields[1] then return {'missing', ''} end
-if fields[3] == 'connected' and redis.call('EXISTS', KEYS[3]) == 1 then
-  return {'busy', fields[4]}
-end
-if redis.call('HGET', KEYS[2], fields[1]) == ARGV[1] then redis.call('HDEL', KEYS[2], fields[1]) end
-redis.call('DEL', KEYS[1])
-return {'removed', fields[2]}
-"""
-
-
 async def remove_host(redis: aioredis.Redis, keys: Keys, host_id: int) -> HostRecord:
     """Retire a host: its hash, its guid mapping and its zone membership go; the zone's
     servers recompute (roundrobin ranks move). Its id is never handed out again."""
-    fields = cast(dict[str, str], await redis.hgetall(keys.host(host_id)))
-    if not fields:
-        raise HostNotFoundError(f"no host with id {host_id}")
-    record = HostRecord.from_hash(host_id, fields)
-    alive_key = keys.server_alive(record.server or "-")
-    script = redis.register_script(_REMOVE)
-    status, detail = await script(
-        keys=[keys.host(host_id), keys.host_ids_by_guid, alive_key], args=[host_id]
-    )
-    if status == "missing":
-        raise HostNotFoundError(f"no host with id {host_id}")
-    if status == "busy":
-        raise HostBusyError(
-            f"host {host_id} ({record.name}) is connected to server {detail}; "
-            "stop its agent first, then remove it"
+    script = redis.register_script(host_scripts.REMOVE_HOST)
+    while True:
+        fields = cast(dict[str, str], await redis.hgetall(keys.host(host_id)))
+        if not fields:
+            raise HostNotFoundError(f"no host with id {host_id}")
+        record = HostRecord.from_hash(host_id, fields)
+        status, detail = await script(
+            keys=[
+                keys.host(host_id),
+                keys.host_ids_by_guid,
+                keys.server_alive(record.server or "-"),
+                keys.zone_hosts(record.zone),
+            ],
+            args=[
+                host_id,
+                record.zone,
+                record.server,
+                keys.events,
+                events.hosts_changed(record.zone),
+            ],
         )
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(keys.zone_hosts(detail), host_id)
-        pipe.publish(keys.events, events.hosts_changed(detail))
-        await pipe.execute()
-    return record
+        if status == "missing":
+            raise HostNotFoundError(f"no host with id {host_id}")
+        if status == "busy":
+            raise HostBusyError(
+                f"host {host_id} ({record.name}) is connected to server {detail}; "
+                "stop its agent first, then remove it"
+            )
+        if status == "removed":
+            return record

@@ -1,8 +1,10 @@
 """The daemon's lifecycle: `run()` -> `asyncio.run(serve())` = startup, main loop, shutdown.
 
 Signal handlers only set a flag. Shutdown: stop accepting, mark this server's hosts
-disconnected, close the sessions (agents fail over), deregister, exit 0. Every task is owned
-by a TaskGroup or by the set of connection tasks, which is cancelled after a timeout.
+disconnected, close the sessions (agents fail over), deregister, exit 0. Every task is owned:
+the shared ones by `_run`, each connection's by the set of connection tasks, which is
+cancelled after a timeout. A host's session is msrv.lifecycle; keeping in step with Redis is
+msrv.resync.
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.collector import Collector
+from common.configstore import ConfigStore
 from common.connection import redis_from_url
-from common.events import EventType
 from common.keys import Keys
 from common.protocol import READER_LIMIT, Error, ErrorCode
 from msrv.balancer import Balancer
 from msrv.config import ServerSettings
+from msrv.connection import Connection
+from msrv.context import ServerContext
+from msrv.lifecycle import HostSession
 from msrv.registry import HostRegistry, ServerRegistry, Write
-from msrv.sessions import Hub, Session
+from msrv.resync import Resync
+from msrv.session_log import SessionLog
 from msrv.subscriber import Subscriber, retry_policy
+from msrv.table import SessionTable
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +57,23 @@ class Server:
             settings.redis_url, retries=1, max_connections=REDIS_CONNECTIONS
         )
         self.events_redis: aioredis.Redis = redis_from_url(settings.redis_url, retries=0)
-        balancer = Balancer(self.redis, self.keys, settings.advertise)
-        self.hub = Hub(settings, HostRegistry(self.redis, self.keys), balancer)
+        table: SessionTable[HostSession] = SessionTable()
+        balancer = Balancer(self.redis, self.keys, table)
+        registry = HostRegistry(self.redis, self.keys)
+        store = ConfigStore(self.redis, self.keys)
+        self.ctx = ServerContext(
+            settings,
+            table,
+            registry,
+            balancer,
+            Resync(settings.server_id, store, balancer, registry, table),
+            SessionLog(settings.server_id, lambda: len(table)),
+        )
         self.servers = ServerRegistry(
             self.redis, self.keys, settings.server_id, settings.advertise, settings.liveness_ttl
         )
         self.should_exit = asyncio.Event()
-        self.connections: dict[asyncio.Task[Any], Session] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()  # one per connection
 
     @property
     def name(self) -> str:
@@ -121,9 +138,9 @@ class Server:
         shared = {
             asyncio.create_task(coro, name=name)
             for name, coro in (
-                ("registry writer", self.hub.registry.run()),
-                ("activity", self.hub.activity.run()),
-                ("balancer", self.hub.balancer.run()),
+                ("registry writer", self.ctx.registry.run()),
+                ("session log", self.ctx.summary.run()),
+                ("resync", self.ctx.resync.run()),
                 ("events", self._subscriber().run()),
                 ("housekeeping", self._housekeeping()),
                 ("collector", Collector(self.name).run(self.should_exit)),
@@ -153,18 +170,23 @@ class Server:
         """Wait for Redis (backing off), load the settings, register this server."""
         async for attempt in retry_policy(f"{self.name} startup", cap=5.0):
             with attempt:
-                await self.hub.balancer.load()
-                await self.servers.register(self.hub.balancer.snapshot.version)
+                await self.ctx.resync.load()
+                await self.servers.register(self.ctx.balancer.snapshot.version)
 
     def _subscriber(self) -> Subscriber:
+        resync = self.ctx.resync
         return Subscriber(
             self.events_redis,
             self.keys,
             self.name,
-            on_event=self._on_event,
-            on_connected=self._resync,
-            on_lost=self._on_lost,
+            on_event=resync.on_event,
+            on_connected=self._on_connected,
+            on_lost=resync.on_lost,
         )
+
+    async def _on_connected(self) -> None:
+        await self.ctx.resync.on_connected()
+        await self._refresh_liveness()
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -173,51 +195,27 @@ class Server:
         if task is None or self.should_exit.is_set():
             writer.close()
             return
-        session = self.connections[task] = Session(self.hub, reader, writer)
+        self.tasks.add(task)
         try:
-            await session.run()
-        finally:
-            del self.connections[task]
-
-    # -- events and Redis outages -----------------------------------------------------------------
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == EventType.CONFIG_CHANGED:
-            self.hub.balancer.request_settings(trusted=True)
-        elif kind == EventType.HOSTS_CHANGED and isinstance(event.get("zone"), str):
-            self.hub.balancer.request_zone(event["zone"])
-        else:
-            logger.debug("%s: event %s not for servers", self.name, kind)
-
-    def _on_lost(self) -> None:
-        if self.hub.available:
-            logger.error(
-                "%s: Redis unreachable; keeping %d sessions on the last-known settings, "
-                "refusing new agents until it is back",
-                self.name,
-                len(self.hub.sessions),
+            settings = self.settings
+            conn = Connection(
+                reader,
+                writer,
+                send_buffer_limit=settings.send_buffer_limit,
+                startup_timeout=settings.startup_timeout,
             )
-        self.hub.available = False
+            await HostSession(self.ctx, conn).run()
+        finally:
+            self.tasks.discard(task)
 
-    async def _resync(self) -> None:
-        """After (re)subscribing: settings, lists, then the hosts this server serves."""
-        balancer = self.hub.balancer
-        balancer.forget_unserved()
-        if not await balancer.apply_settings(trusted=False):
-            await balancer.recompute_all()  # zone events may have been missed
-        await self._reassert()
-        await self._refresh_liveness()
-        if not self.hub.available:
-            logger.info("%s: Redis is back; resynchronised", self.name)
-        self.hub.available = True
+    # -- housekeeping -----------------------------------------------------------------------------
 
     async def _refresh_liveness(self) -> None:
-        await self.servers.refresh(len(self.hub.sessions), self.hub.balancer.snapshot.version)
+        await self.servers.refresh(len(self.ctx.table), self.ctx.balancer.snapshot.version)
 
     def _repush_unacked(self) -> None:
         after = self.settings.repush_interval
-        again = sum(s.repush_if_unacked(after) for s in self.hub.sessions.values())
+        again = sum(s.repush_if_unacked(after) for s in self.ctx.table.started())
         if again:
             logger.info(
                 "%s: %d lists not acknowledged in %.0fs; pushed again", self.name, again, after
@@ -227,24 +225,12 @@ class Server:
         """The last_seen of the hosts heard from since it was last written, at most once per
         last_seen_interval each (spread over the ticks, as sessions started at different
         times)."""
-        due = [
-            s
-            for s in self.hub.sessions.values()
-            if s.last_seen_due(self.settings.last_seen_interval)
-        ]
+        interval = self.settings.last_seen_interval
+        due = [s for s in self.ctx.table.started() if s.last_seen_due(interval)]
         if not due:
             return
-        results = await self.hub.registry.touch([s.mark_seen() for s in due])
+        results = await self.ctx.registry.touch([s.mark_seen() for s in due])
         for session, result in zip(due, results, strict=True):
-            if result == Write.SUPERSEDED:
-                logger.info("%s superseded by a newer session elsewhere", session)
-                session.supersede()
-
-    async def _reassert(self) -> None:
-        sessions = [s for s in self.hub.sessions.values() if s.record is not None]
-        records = [s.record for s in sessions if s.record is not None]
-        results = await self.hub.registry.reassert(records)
-        for session, result in zip(sessions, results, strict=True):
             if result == Write.SUPERSEDED:
                 logger.info("%s superseded by a newer session elsewhere", session)
                 session.supersede()
@@ -258,13 +244,12 @@ class Server:
             started = time.monotonic()
             try:
                 await self._refresh_liveness()
-                if await self.hub.balancer.store.version() != self.hub.balancer.snapshot.version:
-                    self.hub.balancer.request_settings(trusted=False)
+                await self.ctx.resync.poll()
                 self._repush_unacked()
                 await self._write_last_seen()
                 if started - last_reassert >= self.settings.reassert_interval:
                     last_reassert = started
-                    await self._reassert()
+                    await self.ctx.resync.reassert()
             except RedisError as exc:
                 logger.debug("%s: housekeeping skipped: %s", self.name, exc)
             await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
@@ -272,22 +257,23 @@ class Server:
     # -- shutdown ---------------------------------------------------------------------------------
 
     async def _shutdown(self, listener: asyncio.Server) -> None:
-        logger.info("%s: shutting down (%d sessions)", self.name, len(self.hub.sessions))
+        table = self.ctx.table
+        logger.info("%s: shutting down (%d sessions)", self.name, len(table))
         listener.close()
-        self.hub.stopping = True
-        sessions = list(self.connections.values())
-        records = [s.record for s in sessions if s.record is not None and not s.superseded]
+        table.closed = True
+        records = [s.record for s in table.started() if s.record is not None and not s.superseded]
         with contextlib.suppress(RedisError):
-            await self.hub.registry.disconnect(records)
-        for session in sessions:
-            session.send(Error(ErrorCode.SHUTTING_DOWN, "server is stopping", retryable=True))
-            session.writer.close()
+            await self.ctx.registry.disconnect(records)
+        for session in table.connections():
+            session.conn.hang_up(
+                Error(ErrorCode.SHUTTING_DOWN, "server is stopping", retryable=True)
+            )
         await self._drain_connections()
         with contextlib.suppress(RedisError):
             await self.servers.deregister()
 
     async def _drain_connections(self) -> None:
-        pending = set(self.connections)
+        pending = set(self.tasks)
         if not pending:
             return
         _, pending = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)

@@ -15,17 +15,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, RetryCallState
 
 from common.errors import ProtocolError
 from common.events import EventType, decode_event
 from common.keys import Keys
+from common.retry import Backoff
+from common.retry import retry_policy as build_retry_policy
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +50,8 @@ def retry_policy(what: str, *, initial: float = 0.1, cap: float = 2.0) -> AsyncR
             delay,
         )
 
-    return AsyncRetrying(
-        retry=retry_if_exception_type(CONNECTION_ERRORS),
-        # wait_exponential_jitter's `initial` is deprecated in newer tenacity; the same sum:
-        wait=wait_exponential(multiplier=initial, max=cap) + wait_random(0, initial),
-        before_sleep=before_sleep,
-        reraise=True,
+    return build_retry_policy(
+        retry_on=CONNECTION_ERRORS, backoff=Backoff(initial, cap), before_sleep=before_sleep
     )
 
 

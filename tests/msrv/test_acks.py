@@ -20,14 +20,14 @@ def test_a_list_not_acknowledged_is_pushed_again_and_recorded_only_once_acked(
             version = await f.set("host", "a,b")
             client = await f.connect(auto_ack=False)
             greeting = await client.startup("h1", ms_list=["x"], algorithm="static")
-            assert greeting.ms_list == MsList(["a", "b"], "static", 0, version)
+            assert greeting.ms_list == MsList(["a", "b"], "static", 0, version, 5, 3)
             # not acked: the same list comes again, and the registry keeps what the agent has
             assert await client.next(timeout=5) == greeting.ms_list
             assert await client.next(timeout=5) == greeting.ms_list
             await f.servers[0].wait_for(r"1 lists not acknowledged in 0s; pushed again")
             (host,) = await f.hosts()
             assert (host.ms_list, host.acked_version) == (("x",), 0)
-            await client.send(Ack(version))
+            await client.send(Ack(version, ["a", "b"], "static"))
             await f.wait_hosts(lambda hosts: hosts[0].ms_list == ("a", "b"))
             # once acked, it is not pushed again (a push in flight before the ack arrives
             # before the answer to this ping); then wait out three repush periods

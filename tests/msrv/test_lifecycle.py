@@ -1,84 +1,176 @@
-"""The server's own life: a signal during startup, a shared task that fails."""
+"""Sessions over real sockets: bad input, heartbeats, superseded sessions, graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
+import contextlib
+import json
 
-import pytest
-
-from common.connection import redis_from_url
-from common.records import ServerState, load_servers
-from msrv.config import ServerSettings
-from msrv.server import Server
-from tests.support.msrv_process import MsrvProcess
-from tests.support.redis_server import free_port
+from common.protocol import Ack, Error, ErrorCode, MsList, Ping, Pong, Startup, encode
+from common.records import HostState, ServerState
+from tests.support.fleet import fleet
 from tests.support.wire_client import WireClient
 
+STARTUP_WITHOUT_GUID = json.dumps(
+    {
+        "type": "startup",
+        "name": "n",
+        "host_type": "routing",
+        "zone": "z",
+        "cluster": "c",
+        "ms_list": [],
+        "algorithm": None,
+        "dialled": "",
+        "protocol": 1,
+    }
+).encode()
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_redis_is_unreachable_at_start_stops_the_server(
-    namespace: str, sig: signal.Signals
-) -> None:
-    """It used to retry for ever and ignore both signals (SIGKILL was needed)."""
+BAD_INPUTS = {
+    "garbage": (b"\x00\xff\xfe\x80 not even text\n", ErrorCode.BAD_JSON),
+    "one MiB line": (b"x" * (1 << 20) + b"\n", ErrorCode.LINE_TOO_LONG),
+    "invalid JSON": (b'{"type": "startup", guid: }\n', ErrorCode.BAD_JSON),
+    "startup without guid": (STARTUP_WITHOUT_GUID + b"\n", ErrorCode.BAD_MESSAGE),
+    "not an object": (b"[1, 2, 3]\n", ErrorCode.BAD_MESSAGE),
+}
 
+
+async def _send_ignoring_resets(client: WireClient, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        await client.send_raw(data)
+
+
+def test_bad_input_gets_error_and_close_others_unaffected(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
-        nowhere = f"redis://127.0.0.1:{free_port()}/0"
-        server = MsrvProcess("ms1", nowhere, namespace)
-        await server.start(ready="Redis unreachable")
-        assert await server.stop(sig, timeout=5) == 0
-        assert server.matching("stopped before it started")
+        async with fleet(redis_url, namespace, servers=1) as f:
+            await f.set("host", "a,b")
+            good = [await f.connect() for _ in range(3)]
+            for i, client in enumerate(good):
+                await client.startup(f"good{i}")
+            for label, (data, code) in BAD_INPUTS.items():
+                bad = await f.connect()
+                sender = asyncio.create_task(_send_ignoring_resets(bad, data))
+                error = await bad.wait_error_and_close()
+                await sender
+                assert error.code == code, label
+            # unknown message types are logged and ignored, the session goes on
+            odd = await f.connect()
+            await odd.send_raw(b'{"type": "telemetry", "cpu": 3}\n')
+            assert (await odd.startup("odd")).ms_list is not None
+            for client in good:
+                assert await client.sync() == []
+                assert not client.closed.is_set()
+            assert f.servers[0].count("unknown message type 'telemetry'") == 1
+            assert {h.name for h in await f.hosts()} == {"good0", "good1", "good2", "odd"}
 
     asyncio.run(scenario())
 
 
-def test_a_shared_task_that_fails_stops_the_server_with_exit_1(
-    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+def test_silent_agent_is_disconnected_after_ping_timeout(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=1) as f:
+            await f.set("ping.interval", "1")
+            await f.set("ping.timeout", "2")
+            alive, silent = await f.connect(), await f.connect()
+            ready = (await alive.startup("alive")).ready
+            assert (ready.ping_interval, ready.ping_timeout) == (1, 2)
+            alive.keepalive(0.3)
+            await silent.startup("silent")
+            async with asyncio.timeout(6):
+                await silent.closed.wait()
+            await f.servers[0].wait_for("silent for 2s; disconnected")
+            assert not alive.closed.is_set()
+            assert await alive.send(Ping(7)) is None and await alive.next() == Pong(7)
+            states = {h.name: h.state for h in await f.hosts()}
+            assert states == {"alive": HostState.CONNECTED, "silent": HostState.DISCONNECTED}
+
+    asyncio.run(scenario())
+
+
+def test_racing_sessions_of_one_guid_newer_wins(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=2) as f:
+            await f.set("host", "a,b")
+            old = await f.connect(0)
+            await old.startup("twin", name="old-name")
+            new = await f.connect(1)
+            await new.startup("twin", name="new-name")
+            # the old server has not noticed yet: its late writes must not win
+            await old.send(Ack(1, ["a", "b"], "static"))
+            error = await old.wait_error_and_close()
+            assert error.code == ErrorCode.SUPERSEDED
+            await f.servers[0].wait_for("1 session ended")
+            result = await f.msctl("hosts", "--json")
+            assert result.exit_code == 0, result.output
+            (host,) = json.loads(result.output)
+            assert (host["server"], host["state"], host["name"]) == ("ms2", "connected", "new-name")
+            assert await new.sync() == []
+
+    asyncio.run(scenario())
+
+
+def test_old_session_closing_late_does_not_mark_newer_disconnected(
+    redis_url: str, namespace: str
 ) -> None:
-    """A failed shared task (the registry writer, killed by one hostile startup) once left a
-    half-alive server that listened and answered pings but completed no startup. The test makes
-    a bug of its own in the balancer's task, since hostile input no longer reaches one."""
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=2) as f:
+            old = await f.connect(0)
+            await old.startup("twin")
+            new = await f.connect(1)
+            await new.startup("twin")
+            await old.close()
+            await f.servers[0].wait_for("1 session ended")
+            (host,) = await f.hosts()
+            assert (host.server, host.state) == ("ms2", HostState.CONNECTED)
 
-    async def scenario() -> int:
-        port = free_port()
-        server = Server(
-            ServerSettings.build(f"127.0.0.1:{port}", None, "ms1", redis_url, namespace)
-        )
-        connected = asyncio.Event()
-
-        async def failing_balancer() -> None:
-            await connected.wait()
-            raise RuntimeError("a bug in a shared task")
-
-        server.hub.balancer.run = failing_balancer  # type: ignore[method-assign]
-        serving = asyncio.create_task(server.serve())
-        client = await _connect_when_listening(port, serving)
-        await client.startup("h1")
-        connected.set()
-        code = await asyncio.wait_for(serving, 10)
-        error = await client.wait_error_and_close()
-        assert error.code == "shutting_down"
-        await client.close()
-        with pytest.raises(OSError):
-            await WireClient.connect("127.0.0.1", port, timeout=2)
-        redis = redis_from_url(redis_url)
-        (record,) = await load_servers(redis, server.keys)
-        await redis.aclose()
-        assert record.state == ServerState.STOPPED
-        return code
-
-    with caplog.at_level(logging.INFO):
-        assert asyncio.run(scenario()) == 1
-    assert "shared task 'balancer' ended (RuntimeError('a bug in a shared task'))" in caplog.text
+    asyncio.run(scenario())
 
 
-async def _connect_when_listening(port: int, serving: asyncio.Task[int]) -> WireClient:
-    async with asyncio.timeout(10):
-        while True:
-            if serving.done():
-                raise AssertionError(f"the server ended: {serving.result()}")
+def test_sigterm_closes_sessions_marks_hosts_and_deregisters(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=2) as f:
+            clients = [await f.connect(0), await f.connect(0), await f.connect(1)]
+            for i, client in enumerate(clients):
+                await client.startup(f"h{i}")
+            assert await f.servers[0].stop() == 0
+            for client in clients[:2]:
+                error = await client.wait_error_and_close()
+                assert (error.code, error.retryable) == (ErrorCode.SHUTTING_DOWN, True)
+            states = {h.name: (h.state, h.server) for h in await f.hosts()}
+            assert states == {
+                "h0": (HostState.DISCONNECTED, "ms1"),
+                "h1": (HostState.DISCONNECTED, "ms1"),
+                "h2": (HostState.CONNECTED, "ms2"),
+            }
+            result = await f.msctl("servers", "--json")
+            servers = {s["id"]: s for s in json.loads(result.output)}
+            assert servers["ms1"]["state"] == ServerState.STOPPED
+            assert (servers["ms2"]["state"], servers["ms2"]["address"]) == (
+                ServerState.RUNNING,
+                f.addresses[1],
+            )
+            # the stopped server refuses nobody: it is gone
             try:
-                return await WireClient.connect("127.0.0.1", port, timeout=1)
+                await WireClient.connect("127.0.0.1", f.servers[0].port, timeout=2)
             except OSError:
-                await asyncio.sleep(0.05)
+                pass
+            else:
+                raise AssertionError("ms1 still accepts connections")
+
+    asyncio.run(scenario())
+
+
+def test_startup_for_another_protocol_is_refused(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=1) as f:
+            client = await f.connect()
+            startup = Startup("g", "n", "routing", "z", "c", [], None, "", protocol=99)
+            await client.send(startup)
+            error = await client.wait_error_and_close()
+            assert isinstance(error, Error) and error.code == ErrorCode.UNSUPPORTED_PROTOCOL
+            assert await f.hosts() == []
+            assert not [m for m in client.received if isinstance(m, MsList)]
+            assert encode(Ping()) == b'{"type":"ping","seq":0}\n'
+
+    asyncio.run(scenario())

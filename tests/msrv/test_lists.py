@@ -35,7 +35,7 @@ def test_roundrobin_rotates_by_rank_whichever_server(redis_url: str, namespace: 
             assert all(g.ms_list and g.ms_list.algorithm == "roundrobin" for g in greetings)
             # a later registration moves nobody: ranks of older hosts are unchanged
             late = await f.connect(0)
-            assert (await late.startup("h4")).ms_list == MsList(ms, "roundrobin", 0, 2)
+            assert (await late.startup("h4")).ms_list == MsList(ms, "roundrobin", 0, 2, 5, 3)
             for client in f.clients[:3]:
                 assert await client.sync() == []
 
@@ -103,7 +103,7 @@ def test_current_list_gets_ready_only_stale_gets_ms_list(redis_url: str, namespa
                 assert ready.check_interval == 30
                 assert ready.server == f.addresses[server % 2]
                 if stale:
-                    assert greeting.ms_list == MsList(["b", "c", "a"], "roundrobin", 30, 3)
+                    assert greeting.ms_list == MsList(["b", "c", "a"], "roundrobin", 30, 3, 5, 3)
                 else:
                     assert greeting.ms_list is None, held
                 await client.close()
@@ -120,7 +120,7 @@ def test_host_unset_pushes_no_list(redis_url: str, namespace: str) -> None:
             assert greeting.ready.check_interval == 0
             await f.set(ALGORITHM, "roundrobin")
             await f.set("host", "a,b")  # the follow-up every client must receive
-            assert await client.next() == MsList(["a", "b"], "roundrobin", 0, 2)
+            assert await client.next() == MsList(["a", "b"], "roundrobin", 0, 2, 5, 3)
             assert len(client.ms_lists) == 1  # nothing for the algorithm change alone
 
     asyncio.run(scenario())

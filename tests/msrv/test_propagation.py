@@ -61,7 +61,7 @@ def test_300_clients_static_to_roundrobin_each_changed_client_gets_one_list(
             got = await _next_lists(clients)
             for i, message in enumerate(got):
                 shift = ids.index(hosts[f"guid-{i:04d}"]) % 3
-                assert message == MsList(ms[shift:] + ms[:shift], "roundrobin", 0, version)
+                assert message == MsList(ms[shift:] + ms[:shift], "roundrobin", 0, version, 5, 3)
 
             # an override for the east cluster changes east's lists only
             version = await f.set(CHECK, "40", cluster="east")

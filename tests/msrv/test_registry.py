@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-import pytest
 from redis.exceptions import ResponseError
 
 from common.connection import redis_from_url
@@ -94,26 +94,10 @@ def test_a_failed_write_fails_only_its_caller_and_the_queue_goes_on(
     run(redis_url, namespace, work)
 
 
-def test_ids_are_assigned_once_and_never_reused(redis_url: str, namespace: str) -> None:
+def test_start_publishes_zone_change_once_and_moves_zones(redis_url: str, namespace: str) -> None:
     async def work(registry: HostRegistry, keys: Keys) -> None:
         redis = registry.redis
-        ids = await asyncio.gather(*(registry.host_id(f"g{i % 5}") for i in range(40)))
-        per_guid = {f"g{i % 5}": ids[i] for i in range(40)}
-        assert all(ids[i] == per_guid[f"g{i % 5}"] for i in range(40))
-        assert len(set(per_guid.values())) == 5
-        await redis.hdel(keys.host_ids_by_guid, "g0")  # retired
-        assert await registry.host_id("g0") > max(per_guid.values())
-
-    run(redis_url, namespace, work)
-
-
-@pytest.mark.parametrize("how", ["claim", "start"])
-def test_claim_publishes_zone_change_once_and_moves_zones(
-    redis_url: str, namespace: str, how: str
-) -> None:
-    async def work(registry: HostRegistry, keys: Keys) -> None:
-        redis = registry.redis
-        write = registry.claim if how == "claim" else functools.partial(registry.start, live_for=60)
+        write = functools.partial(registry.start, live_for=60)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.events)
         await write(record(1, "s1"))
@@ -143,9 +127,8 @@ def test_claim_publishes_zone_change_once_and_moves_zones(
 def test_a_lost_session_never_overwrites_a_newer_one(redis_url: str, namespace: str) -> None:
     async def work(registry: HostRegistry, keys: Keys) -> None:
         redis = registry.redis
-        old, new = record(1, "old", server="ms1"), record(1, "new", server="ms2")
-        await registry.claim(old)
-        await registry.claim(new)
+        old = (await registry.start(record(1, "old", server="ms1"), live_for=60)).record
+        new = (await registry.start(record(1, "new", server="ms2"), live_for=60)).record
         assert await registry.update(old, state="disconnected") == Write.SUPERSEDED
         await registry.disconnect([old])
         assert await registry.reassert([old]) == [Write.SUPERSEDED]
@@ -168,7 +151,8 @@ def test_reassert_rebuilds_what_an_empty_redis_lost(redis_url: str, namespace: s
         assert await redis.hgetall(keys.host_ids_by_guid) == {"guid-4": "4", "guid-9": "9"}
         assert await redis.zrange(keys.zone_hosts("z2"), 0, -1) == ["9"]
         assert [h.id for h in await load_hosts(redis, keys)] == [4, 9]
-        assert await registry.host_id("fresh") == 10
+        fresh = await registry.start(record(0, "f", guid="fresh"), live_for=60)
+        assert fresh.new and fresh.record.id == 10
 
     run(redis_url, namespace, work)
 
@@ -186,5 +170,30 @@ def test_a_write_redis_cannot_encode_fails_only_its_caller_and_the_writer_goes_o
         assert results[0] == [Write.WRITTEN]
         assert isinstance(results[1], BadWriteError)
         assert await registry.reassert([record(3, "c")]) == [Write.WRITTEN]
+
+    run(redis_url, namespace, work)
+
+
+def test_a_startup_older_than_the_live_session_writes_nothing(
+    redis_url: str, namespace: str
+) -> None:
+    """A startup read late (its agent gave it up and connected elsewhere) must not take the
+    host over; an older attempt is accepted once the newer session is not live."""
+
+    async def work(registry: HostRegistry, keys: Keys) -> None:
+        now = time.time()
+        live = await registry.start(
+            record(0, "new", server="ms2", attempt=200, last_seen=now), live_for=60
+        )
+        late = await registry.start(record(0, "old", server="ms1", attempt=100), live_for=60)
+        assert late.stale and late.record.id == live.record.id
+        (host,) = await load_hosts(registry.redis, keys)
+        assert (host.session, host.server) == ("new", "ms2")
+        # a session not heard from within live_for is not live: an older attempt takes over
+        assert not (await registry.start(record(0, "old", attempt=100), live_for=1e-6)).stale
+        # newer attempts always win; a disconnected host takes any attempt
+        assert not (await registry.start(record(0, "n", attempt=300), live_for=1e12)).stale
+        await registry.disconnect([(await load_hosts(registry.redis, keys))[0]])
+        assert not (await registry.start(record(0, "o", attempt=1), live_for=1e12)).stale
 
     run(redis_url, namespace, work)

@@ -79,7 +79,7 @@ class WireClient:
                     continue
                 self.received.append(message)
                 if isinstance(message, MsList) and self.auto_ack:
-                    await self.send(Ack(message.version))
+                    await self.send(Ack(message.version, message.ms_list, message.algorithm))
                 self._queue.put_nowait(message)
         except (ConnectionError, OSError, ProtocolError):
             pass

@@ -27,7 +27,7 @@ _PHRASES = {
 }
 
 
-class Activity:
+class SessionLog:
     def __init__(self, server_id: str, sessions: Callable[[], int], period: float = PERIOD) -> None:
         self.server_id = server_id
         self.sessions = sessions  # how many sessions are open now

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from msrv.activity import Activity, describe
+from msrv.session_log import SessionLog, describe
 
 
 def test_describe_counts_what_happened() -> None:
@@ -23,7 +23,7 @@ def test_first_event_reported_at_once_then_at_most_one_line_a_second(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> list[str]:
-        activity = Activity("ms9", lambda: 7, period=0.3)
+        activity = SessionLog("ms9", lambda: 7, period=0.3)
         task = asyncio.create_task(activity.run())
         try:
             activity.note("started")
@@ -40,7 +40,7 @@ def test_first_event_reported_at_once_then_at_most_one_line_a_second(
         finally:
             task.cancel()
 
-    with caplog.at_level(logging.INFO, logger="msrv.activity"):
+    with caplog.at_level(logging.INFO, logger="msrv.session_log"):
         lines = asyncio.run(scenario())
     assert lines == [
         "ms9: 1 host started in the last second; 7 sessions",
