@@ -124,3 +124,29 @@ def test_host_unset_pushes_no_list(redis_url: str, namespace: str) -> None:
             assert len(client.ms_lists) == 1  # nothing for the algorithm change alone
 
     asyncio.run(scenario())
+
+
+def test_ssvm_and_cpvm_take_ranks_in_their_zone_storage_does_not(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=1) as f:
+            await f.set("host", "a,b,c")
+            await f.set("indirect.agent.lb.algorithm", "roundrobin")
+            lists = []
+            for guid, host_type in [
+                ("r", "routing"),
+                ("s", "ssvm"),
+                ("c", "cpvm"),
+                ("x", "storage"),
+            ]:
+                client = await f.connect()
+                greeting = await client.startup(guid, zone="z", host_type=host_type)
+                assert greeting.ms_list is not None
+                lists.append(greeting.ms_list.ms_list)
+            # ranks 0, 1, 2; storage is not ranked and ranks last (3 of 3 ids: 3 % 3 = 0)
+            assert lists == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+            ranked = await f.redis.zrange(f.keys.zone_hosts("z"), 0, -1)
+            assert ranked == ["1", "2", "3"]
+
+    asyncio.run(scenario())

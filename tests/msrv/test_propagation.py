@@ -116,3 +116,55 @@ def test_cluster_override_of_check_interval_reaches_only_that_cluster(
             assert (hosts["g0"].check_interval, hosts["g0"].acked_version) == (11, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_change_whose_event_was_lost_is_found_by_the_version_poll(
+    redis_url: str, namespace: str
+) -> None:
+    """Pub/sub loses what is published while a subscriber is away: a change written with no
+    event at all (the worst case) still reaches the agents, through the poll."""
+
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=1) as f:
+            await f.set("host", "a,b")
+            client = await f.connect()
+            await client.startup("h1")
+            keys = f.keys
+            async with f.redis.pipeline(transaction=True) as pipe:  # no PUBLISH
+                pipe.hset(keys.settings, "host", "a,b,c")
+                pipe.incr(keys.settings_version)
+                await pipe.execute()
+            message = await client.next(timeout=10)
+            assert isinstance(message, MsList) and message.ms_list == ["a", "b", "c"]
+            assert message.version == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_host_removed_elsewhere_moves_the_ranks_and_the_server_pushes(
+    redis_url: str, namespace: str
+) -> None:
+    """hosts.changed end to end: `msctl hosts remove` publishes it; the server serving the zone
+    recomputes and pushes the lists whose rank moved."""
+
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=2) as f:
+            await f.set("host", "a,b,c")
+            await f.set(ALGORITHM, "roundrobin")
+            first = await f.connect(1)
+            await first.startup("g1", zone="z")  # id 1, rank 0
+            gone = await f.connect(1)
+            await gone.startup("g2", zone="z")  # id 2, rank 1
+            client = await f.connect(0)
+            assert (await client.startup("g3", zone="z")).ms_list == MsList(
+                ["c", "a", "b"], "roundrobin", 0, 2, 5, 3
+            )  # id 3, rank 2
+            await gone.close()
+            await f.servers[1].wait_for("1 session ended")
+            result = await f.msctl("hosts", "remove", "2")
+            assert result.exit_code == 0, result.output
+            message = await client.next(timeout=10)
+            assert isinstance(message, MsList) and message.ms_list == ["b", "c", "a"]  # rank 1
+            assert await first.sync() == []  # rank 0 either way: nothing for it
+
+    asyncio.run(scenario())
