@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -30,8 +29,9 @@ from msrv.balancer import Balancer
 from msrv.config import ServerSettings
 from msrv.connection import Connection
 from msrv.context import ServerContext
+from msrv.housekeeping import Housekeeping
 from msrv.lifecycle import HostSession
-from msrv.registry import HostRegistry, ServerRegistry, Write
+from msrv.registry import HostRegistry, ServerRegistry
 from msrv.resync import Resync
 from msrv.session_log import SessionLog
 from msrv.subscriber import Subscriber, retry_policy
@@ -72,6 +72,7 @@ class Server:
         self.servers = ServerRegistry(
             self.redis, self.keys, settings.server_id, settings.advertise, settings.liveness_ttl
         )
+        self.housekeeping = Housekeeping(self.ctx, self.servers)
         self.should_exit = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()  # one per connection
 
@@ -142,7 +143,7 @@ class Server:
                 ("session log", self.ctx.summary.run()),
                 ("resync", self.ctx.resync.run()),
                 ("events", self._subscriber().run()),
-                ("housekeeping", self._housekeeping()),
+                ("housekeeping", self.housekeeping.run()),
                 ("collector", Collector(self.name).run(self.should_exit)),
             )
         }
@@ -186,7 +187,7 @@ class Server:
 
     async def _on_connected(self) -> None:
         await self.ctx.resync.on_connected()
-        await self._refresh_liveness()
+        await self.housekeeping.refresh_liveness()
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -207,52 +208,6 @@ class Server:
             await HostSession(self.ctx, conn).run()
         finally:
             self.tasks.discard(task)
-
-    # -- housekeeping -----------------------------------------------------------------------------
-
-    async def _refresh_liveness(self) -> None:
-        await self.servers.refresh(len(self.ctx.table), self.ctx.balancer.snapshot.version)
-
-    def _repush_unacked(self) -> None:
-        after = self.settings.repush_interval
-        again = sum(s.repush_if_unacked(after) for s in self.ctx.table.started())
-        if again:
-            logger.info(
-                "%s: %d lists not acknowledged in %.0fs; pushed again", self.name, again, after
-            )
-
-    async def _write_last_seen(self) -> None:
-        """The last_seen of the hosts heard from since it was last written, at most once per
-        last_seen_interval each (spread over the ticks, as sessions started at different
-        times)."""
-        interval = self.settings.last_seen_interval
-        due = [s for s in self.ctx.table.started() if s.last_seen_due(interval)]
-        if not due:
-            return
-        results = await self.ctx.registry.touch([s.mark_seen() for s in due])
-        for session, result in zip(due, results, strict=True):
-            if result == Write.SUPERSEDED:
-                logger.info("%s superseded by a newer session elsewhere", session)
-                session.supersede()
-
-    async def _housekeeping(self) -> None:
-        """Fixed-rate: liveness key, settings-version poll, lists not acked pushed again, hosts'
-        last_seen, periodic re-assert."""
-        period = self.settings.refresh_interval
-        last_reassert = time.monotonic()
-        while True:
-            started = time.monotonic()
-            try:
-                await self._refresh_liveness()
-                await self.ctx.resync.poll()
-                self._repush_unacked()
-                await self._write_last_seen()
-                if started - last_reassert >= self.settings.reassert_interval:
-                    last_reassert = started
-                    await self.ctx.resync.reassert()
-            except RedisError as exc:
-                logger.debug("%s: housekeeping skipped: %s", self.name, exc)
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
 
     # -- shutdown ---------------------------------------------------------------------------------
 
