@@ -154,6 +154,9 @@ class ServerRecord:
 
     @classmethod
     def from_hash(cls, server_id: str, fields: Mapping[str, str], alive: bool) -> ServerRecord:
+        """`down` is derived here (a running server whose liveness key expired), and so is the
+        agent count: the stored one is the last the server wrote, and a server that is not
+        running holds no live session, so it counts 0 (as its hosts show disconnected)."""
         state = fields.get("state", ServerState.DOWN)
         if state == ServerState.RUNNING and not alive:
             state = ServerState.DOWN
@@ -161,7 +164,7 @@ class ServerRecord:
             id=server_id,
             address=fields.get("address", ""),
             state=state,
-            agents=int(_number(fields.get("agents"))),
+            agents=int(_number(fields.get("agents"))) if state == ServerState.RUNNING else 0,
             started=_number(fields.get("started")),
             last_seen=_number(fields.get("last_seen")),
             settings_version=int(_number(fields.get("settings_version"))),

@@ -1,9 +1,11 @@
 """What `msctl lab up` shows while it runs: each server's state and agent count, the config
-version and how many agents hold it."""
+version and how many agents hold it.
+
+A server's state and agent count are `msctl servers`'s (common.records.ServerRecord: a server
+that is not running counts 0), so the two views never disagree."""
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -18,7 +20,7 @@ from msctl.tables import format_table
 @dataclass(frozen=True)
 class LabView:
     version: int
-    servers: list[tuple[str, str, str, int]]  # id, address, state, connected agents
+    servers: list[tuple[str, str, str, int]]  # id, address, state, agents (live sessions)
     agents: int
     connected: int
     holding: int  # connected agents whose acknowledged list is the one in force
@@ -38,10 +40,9 @@ async def read_view(redis: aioredis.Redis, keys: Keys) -> LabView:
     servers = await load_servers(redis, keys)
     hosts = await load_hosts(redis, keys)
     connected = [h for h in hosts if h.state == HostState.CONNECTED]
-    per_server = collections.Counter(h.server for h in connected)
     return LabView(
         version=snapshot.version,
-        servers=[(s.id, s.address, str(s.state), per_server.get(s.id, 0)) for s in servers],
+        servers=[(s.id, s.address, str(s.state), s.agents) for s in servers],
         agents=len(hosts),
         connected=len(connected),
         holding=len(connected) - len(stale_hosts(snapshot, hosts)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,7 @@ from common.connection import redis_from_url
 from common.keys import Keys
 from common.records import HostRecord, HostState
 from msctl.cli import cli
+from msctl.lab_view import read_view
 from msrv.registry import HostRegistry, ServerRegistry
 
 HOST_FIELDS = {
@@ -52,26 +54,29 @@ def fleet(redis_url: str, namespace: str) -> None:
         await ms2.register(settings_version=0)
         await ms2.deregister()
         registry = HostRegistry(redis, keys)
-        for name, state in (("kvm1", HostState.CONNECTED), ("kvm2", HostState.DISCONNECTED)):
-            host_id = await registry.host_id(f"guid-{name}")
-            await registry.claim(
-                HostRecord(
-                    host_id,
-                    f"guid-{name}",
-                    name,
-                    "routing",
-                    "z1",
-                    "c1",
-                    state,
-                    "ms1",
-                    "tok",
-                    ("a", "b"),
-                    "static",
-                    1,
+        writer = asyncio.create_task(registry.run())  # the registry's queued writes need it
+        try:
+            for name, state in (("kvm1", HostState.CONNECTED), ("kvm2", HostState.DISCONNECTED)):
+                record = HostRecord(
                     0,
-                    1000.0,
+                    f"guid-{name}",
+                    name=name,
+                    type="routing",
+                    zone="z1",
+                    cluster="c1",
+                    state=state,
+                    server="ms1",
+                    session="tok",
+                    ms_list=("a", "b"),
+                    algorithm="static",
+                    acked_version=1,
+                    last_seen=1000.0,
                 )
-            )
+                assert not (await registry.start(record, live_for=60)).stale
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
     in_redis(redis_url, namespace, work)
 
@@ -121,6 +126,37 @@ def test_a_server_whose_liveness_expired_is_down_and_its_hosts_disconnected(
     status = msctl(redis_url, namespace, "status")
     assert "warning: no management server is running" in status.output
     assert "servers down (no liveness refresh): ms1" in status.output
+
+
+def test_a_server_that_is_not_running_has_no_agents(redis_url: str, namespace: str) -> None:
+    """Its last count (10) is history: a down or stopped server holds no live session."""
+
+    async def work(redis: Any, keys: Keys) -> None:
+        for server_id, address in (("ms1", "10.0.0.1:8250"), ("ms2", "10.0.0.2:8250")):
+            server = ServerRegistry(redis, keys, server_id, address, ttl=60)
+            await server.refresh(agents=10, settings_version=0)
+        await redis.delete(keys.server_alive("ms1"))  # ms1 died: its hash still says running
+        await ServerRegistry(redis, keys, "ms2", "10.0.0.2:8250", ttl=60).deregister()
+        assert await redis.hmget(keys.server("ms1"), ["state", "agents"]) == ["running", "10"]
+        assert await redis.hget(keys.server("ms2"), "agents") == "10"
+
+    in_redis(redis_url, namespace, work)
+    result = msctl(redis_url, namespace, "servers", "--json")
+    assert result.exit_code == 0, result.output
+    assert [(s["id"], s["state"], s["agents"]) for s in json.loads(result.output)] == [
+        ("ms1", "down", 0),
+        ("ms2", "stopped", 0),
+    ]
+    expected = [["ms1", "10.0.0.1:8250", "down", "0"], ["ms2", "10.0.0.2:8250", "stopped", "0"]]
+    table = msctl(redis_url, namespace, "servers").output.splitlines()
+    assert [line.split()[:4] for line in table[1:]] == expected
+    views: list[str] = []
+
+    async def lab_view(redis: Any, keys: Keys) -> None:
+        views.append((await read_view(redis, keys)).render())
+
+    in_redis(redis_url, namespace, lab_view)
+    assert [line.split() for line in views[0].splitlines()[1:3]] == expected
 
 
 def test_remove_retires_a_disconnected_host_and_recomputes_its_zone(
