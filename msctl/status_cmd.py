@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import click
 import redis.asyncio as aioredis
 
-from common import algorithms
+from common.assignment import Assignment, Holding, assignment_for, holds
 from common.configstore import ConfigSnapshot, ConfigStore
 from common.errors import UnknownAlgorithmError
 from common.records import (
@@ -30,24 +30,37 @@ class Fleet:
     hosts: list[HostRecord]
 
 
+def holding_of(host: HostRecord, assignment: Assignment) -> Holding:
+    """What the registry says the host holds, as `common.assignment` compares it. A record
+    written without ping values (0: not known, as older servers left them) is compared on
+    what it has: its missing values are taken as the assignment's."""
+    return Holding(
+        host.ms_list,
+        host.algorithm,
+        host.check_interval,
+        host.ping_interval or assignment.ping_interval,
+        host.ping_timeout or assignment.ping_timeout,
+    )
+
+
 def stale_hosts(snapshot: ConfigSnapshot, hosts: list[HostRecord]) -> list[HostRecord]:
-    """Connected hosts whose acknowledged list is not the one their server should push."""
+    """Connected hosts that do not hold the list their server should push (the servers' own
+    computation, common.assignment). `hosts` come sorted by id, so a zone's ranked hosts are
+    in the order of its zone set."""
     ranked: dict[str, list[int]] = defaultdict(list)
     for host in hosts:
         if host.ranked:
-            ranked[host.zone].append(host.id)  # hosts come sorted by id
+            ranked[host.zone].append(host.id)
     stale = []
     for host in hosts:
-        settings = snapshot.effective(host.cluster)
-        if host.state != HostState.CONNECTED or settings.host is None:
+        if host.state != HostState.CONNECTED:
             continue
+        settings = snapshot.effective(host.cluster)
         try:
-            algorithm = algorithms.get(settings.algorithm)
+            assignment = assignment_for(settings, ranked[host.zone], host.id)
         except UnknownAlgorithmError:
             continue
-        expected = algorithm.sort(settings.host, ranked[host.zone], host.id)
-        current = algorithms.is_current(settings.algorithm, expected, host.algorithm, host.ms_list)
-        if not current or host.check_interval != settings.check_interval:
+        if assignment is not None and not holds(assignment, holding_of(host, assignment)):
             stale.append(host)
     return stale
 
