@@ -13,7 +13,7 @@ from typing import Any
 
 from agentd.checker import PreferredChecker
 from agentd.config import HOST, AgentSettings
-from agentd.failover import connect_with_failover
+from agentd.failover import EveryServerRefusedError, connect_with_failover
 from agentd.link import ConnectFailedError, Link
 from common.addresses import Address, parse_address_list
 from common.errors import PropertiesError, ValidationError
@@ -34,11 +34,8 @@ class Agent:
         self.rng = rng or random.Random()
         self.link: Link | None = None
         self.host_id: int | None = None
-        self.version = 0
         self.server_check_interval = 0
         self.interval_changed = asyncio.Event()
-        self.switches = 0
-        self.failovers = 0
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure: BaseException | None = None
@@ -62,12 +59,17 @@ class Agent:
         """The server of the live session, if any."""
         return self.link.address if self.link is not None and not self.link.closed else None
 
+    @property
+    def preferred(self) -> Address:
+        return self.host_list.preferred
+
     def endpoint(self, address: Address) -> tuple[str, int]:
         return address.endpoint(self.settings.port)
 
     # ---- lifecycle
     async def run(self) -> None:
-        """Run until `stop()`; a bug in any task stops the agent and is raised here."""
+        """Run until `stop()`. A bug in any task stops the agent and is raised here, and so is
+        EveryServerRefusedError when every server of a pass refused the agent for good."""
         self._spawn(self._session_loop(), "session")
         self._spawn(PreferredChecker(self).run(), "checker")
         await self._stopping.wait()
@@ -150,7 +152,11 @@ class Agent:
         while True:
             if self.link is None or self.link.closed:
                 dead = self.link
-                link = await connect_with_failover(self, lost)
+                try:
+                    link = await self._connect(lost)
+                except EveryServerRefusedError as exc:
+                    self._give_up(exc)
+                    return
                 if self._adopt(link, replacing=dead):
                     note = f" (failover from {lost})" if lost is not None else ""
                     logger.info("%s: connected to %s%s", self.label, link.address, note)
@@ -159,7 +165,22 @@ class Agent:
             await current.wait_closed()
             if self.link is current:
                 lost = current.address
-                self.failovers += 1
+
+    async def _connect(self, lost: Address | None) -> Link:
+        return await connect_with_failover(
+            self.host_list.addresses,
+            self.open_link,
+            self.settings.backoff,
+            lost,
+            endpoint=self.endpoint,
+            label=self.label,
+        )
+
+    def _give_up(self, cause: EveryServerRefusedError) -> None:
+        """Stop, and have `run` raise `cause`: an expected end, so no traceback is logged."""
+        if self._failure is None:
+            self._failure = cause
+        self.stop()
 
     async def switch_to(self, address: Address, why: str) -> bool:
         """Make-before-break: open a session to `address`, then close the current one."""
@@ -175,7 +196,6 @@ class Agent:
             if not self._adopt(new, replacing=old):
                 return False
             old.close()
-            self.switches += 1
             logger.info("%s: switched %s -> %s (%s)", self.label, old.address, address, why)
             return True
 
@@ -206,9 +226,11 @@ class Agent:
             self._persist_fault = None
         before = self.host_list
         self.host_list = new_list
-        self.version = message.version
         self._set_server_interval(message.check_interval)
-        await link.ack(message.version)
+        # Taken with the list, as the ack says: the server counts on the new ping settings once
+        # the list is acknowledged, not before (a list that cannot be saved changes nothing).
+        link.set_ping(message.ping_interval, message.ping_timeout)
+        await link.ack(message)
         logger.info("%s: persisted host=%s (version %d)", self.label, value, message.version)
         if self._should_move(before, new_list):
             if self._migration is not None:

@@ -7,17 +7,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from agentd.agent import Agent
+from common.addresses import Address
 
 logger = logging.getLogger(__name__)
 
 
+class CheckedAgent(Protocol):
+    """What the checker needs of an agent (agentd.agent.Agent is one)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def rng(self) -> random.Random: ...
+    @property
+    def check_interval(self) -> int: ...
+    @property
+    def interval_changed(self) -> asyncio.Event: ...
+    @property
+    def server(self) -> Address | None:
+        """The server of the live session, if any."""
+
+    @property
+    def preferred(self) -> Address:
+        """The first entry of the agent's list."""
+
+    def endpoint(self, address: Address) -> tuple[str, int]: ...
+    async def switch_to(self, address: Address, why: str) -> bool:
+        """Make-before-break: open a session to `address`, then close the current one."""
+
+
 class PreferredChecker:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: CheckedAgent) -> None:
         self.agent = agent
 
     async def _wait_change(self, seconds: float | None) -> bool:
@@ -54,7 +78,7 @@ class PreferredChecker:
     async def check_once(self) -> bool:
         agent = self.agent
         current = agent.server
-        preferred = agent.host_list.preferred
+        preferred = agent.preferred
         if current is None or agent.endpoint(current) == agent.endpoint(preferred):
             return False
         return await agent.switch_to(preferred, "preferred server answers again")

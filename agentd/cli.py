@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
 from agentd.agent import Agent
 from agentd.config import AgentSettings
+from agentd.failover import EveryServerRefusedError
 from agentd.swarm import QUIET_ABOVE, Swarm, SwarmSpec, load_agents, raise_open_file_limit
 from common.errors import PropertiesError, ValidationError
 from common.hostlist import format_host_value, parse_host_value
@@ -22,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 class Rejected(click.ClickException):
     exit_code = 2
+
+
+def _serve(main: Coroutine[Any, Any, None]) -> None:
+    """Run an agent's (or a swarm's) main; servers that all refused it for good exit 2."""
+    try:
+        asyncio.run(main)
+    except EveryServerRefusedError as exc:
+        raise Rejected(str(exc)) from None
 
 
 def _on_signals(stop: Callable[[], None]) -> None:
@@ -63,7 +73,7 @@ def run_command(path: Path) -> None:
         _on_signals(agent.stop)
         await agent.run()
 
-    asyncio.run(main())
+    _serve(main())
 
 
 @cli.command("swarm")
@@ -126,7 +136,7 @@ def swarm_command(
         _on_signals(swarm.stop)
         await swarm.run()
 
-    asyncio.run(main())
+    _serve(main())
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from common.errors import PropertiesError, ValidationError
 from common.fields import word_fault
 from common.hostlist import HostList, parse_host_value
 from common.properties import AgentProperties, remove_stale_temp_files
+from common.retry import Backoff
 
 # Keys of agent.properties this daemon reads; every other key is kept untouched.
 HOST = "host"
@@ -47,6 +48,11 @@ class AgentSettings:
     connect_timeout: float
     backoff_initial: float
     backoff_max: float
+
+    @property
+    def backoff(self) -> Backoff:
+        """Between failover passes: full jitter, so a fleet that lost its server spreads out."""
+        return Backoff(self.backoff_initial, self.backoff_max, full_jitter=True)
 
     @classmethod
     def from_properties(cls, path: Path | str) -> AgentSettings:

@@ -1,80 +1,110 @@
-"""Connecting with failover: one pass walks the list in order (the lost server last), with no
-wait between entries; passes that reach nobody are retried with capped exponential backoff and
-full jitter (tenacity), for as long as the agent runs."""
+"""Connecting with failover, as a function of (addresses, dial, backoff).
+
+One pass walks the list in order (the server just lost last), with no wait between entries.
+The pass ends at the first entry that completes a startup, or:
+- every entry refused the agent with an error that retrying cannot cure (an unsupported
+  protocol, say): `EveryServerRefusedError`, and the agent stops;
+- otherwise (at least one entry was unreachable, timed out or refused retryably): the pass is
+  retried with capped exponential backoff and full jitter (tenacity), for as long as the agent
+  runs. The first pass runs without the retry machinery, which is only built when it fails.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import RetryCallState
 
-from agentd.link import ConnectFailedError, Link
-from common.addresses import Address
+from agentd.link import ConnectFailedError
+from common.addresses import DEFAULT_PORT, Address
 from common.errors import LbError
-
-if TYPE_CHECKING:
-    from agentd.agent import Agent
+from common.retry import Backoff, retry_policy
 
 logger = logging.getLogger(__name__)
 
+LinkT = TypeVar("LinkT")
+Endpoint = Callable[[Address], tuple[str, int]]
+
 
 class NoServerReachableError(LbError):
-    """One pass over the list reached no server."""
+    """One pass over the list reached no server; a later pass may."""
 
 
-def pass_order(agent: Agent, lost: Address | None) -> list[Address]:
-    """The list in order, with the server just lost moved to the end."""
-    addresses = list(agent.host_list.addresses)
+class EveryServerRefusedError(LbError):
+    """Every server of one pass refused the agent with a non-retryable error."""
+
+
+def default_endpoint(address: Address) -> tuple[str, int]:
+    return address.endpoint(DEFAULT_PORT)
+
+
+def pass_order(
+    addresses: Sequence[Address], lost: Address | None, endpoint: Endpoint = default_endpoint
+) -> list[Address]:
+    """The list in order, with the server just lost (compared by endpoint) moved to the end."""
     if lost is None:
-        return addresses
-    gone = agent.endpoint(lost)
-    return [a for a in addresses if agent.endpoint(a) != gone] + [
-        a for a in addresses if agent.endpoint(a) == gone
+        return list(addresses)
+    gone = endpoint(lost)
+    return [a for a in addresses if endpoint(a) != gone] + [
+        a for a in addresses if endpoint(a) == gone
     ]
 
 
-async def one_pass(agent: Agent, lost: Address | None) -> Link:
-    reasons = []
-    for address in pass_order(agent, lost):
+async def one_pass(
+    addresses: Sequence[Address], dial: Callable[[Address], Awaitable[LinkT]], label: str
+) -> LinkT:
+    failures: list[ConnectFailedError] = []
+    for address in addresses:
         try:
-            return await agent.open_link(address)
+            return await dial(address)
         except ConnectFailedError as exc:
-            reasons.append(str(exc))
-    raise NoServerReachableError("; ".join(reasons))
+            failures.append(exc)
+    reasons = "; ".join(str(f) for f in failures)
+    if failures and not any(f.retryable for f in failures):
+        raise EveryServerRefusedError(f"{label}: every server refused it: {reasons}")
+    raise NoServerReachableError(reasons)
 
 
-def _log_retry(state: RetryCallState) -> None:
-    agent = state.args[0] if state.args else None
-    label = getattr(agent, "label", "agent")
-    outcome = state.outcome.exception() if state.outcome is not None else None
-    wait = state.next_action.sleep if state.next_action is not None else 0.0
-    logger.warning(
-        "%s: no server reachable (pass %d: %s); next pass in %.1fs",
-        label,
-        state.attempt_number,
-        outcome,
-        wait,
-    )
+def pass_logger(label: str) -> Callable[[RetryCallState], None]:
+    def log_pass(state: RetryCallState) -> None:
+        outcome = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "%s: no server reachable (pass %d: %s); next pass in %.1fs",
+            label,
+            state.attempt_number,
+            outcome,
+            wait,
+        )
+
+    return log_pass
 
 
-async def connect_with_failover(agent: Agent, lost: Address | None) -> Link:
+async def connect_with_failover(
+    addresses: Sequence[Address],
+    dial: Callable[[Address], Awaitable[LinkT]],
+    backoff: Backoff,
+    lost: Address | None = None,
+    *,
+    endpoint: Endpoint = default_endpoint,
+    label: str = "agent",
+) -> LinkT:
+    """The first session a pass over `addresses` opens; raises EveryServerRefusedError when
+    every server of a pass refuses for good."""
+    order = pass_order(addresses, lost, endpoint)
     try:
-        return await one_pass(agent, lost)  # the usual case: no retry machinery (18 us a call)
+        return await one_pass(order, dial, label)  # the usual case: no retry machinery
     except NoServerReachableError as exc:
         failures = [exc]
 
-    async def next_pass(agent: Agent) -> Link:  # the agent argument names it in the log
+    async def next_pass() -> LinkT:
         if failures:  # tenacity's pass 1 is the one above: report it, wait, go on
             raise failures.pop()
-        return await one_pass(agent, lost)
+        return await one_pass(order, dial, label)
 
-    settings = agent.settings
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(NoServerReachableError),
-        wait=wait_random_exponential(multiplier=settings.backoff_initial, max=settings.backoff_max),
-        before_sleep=_log_retry,
-        reraise=True,
+    retrying = retry_policy(
+        retry_on=(NoServerReachableError,), backoff=backoff, before_sleep=pass_logger(label)
     )
-    link: Link = await retrying(next_pass, agent)
-    return link
+    return await retrying(next_pass)

@@ -2,7 +2,8 @@
 
 `Link.open` dials with a bounded timeout and completes a real startup (`startup` -> `ready`);
 `Link.run` then reads messages, answers pings, sends its own, and ends when the server goes
-away, is silent past ping.interval x ping.timeout, or the agent closes the link.
+away, is silent past ping.interval x ping.timeout, or the agent closes the link. The ping
+settings come with `ready` and change with each `ms_list` the agent takes (`set_ping`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class ConnectFailedError(LbError):
-    """A server could not be reached or refused the startup."""
+    """A server could not be reached or refused the startup. `retryable` is False when the
+    server said that trying again cannot help (an unsupported protocol, say)."""
 
     def __init__(self, address: Address, reason: str, retryable: bool = True) -> None:
         super().__init__(f"{address}: {reason}")
@@ -45,12 +47,15 @@ class Link:
         self.address = address
         self.ready = ready
         self.label = label
+        self.ping_interval = ready.ping_interval
+        self.ping_timeout = ready.ping_timeout
         self._reader = reader
         self._writer = writer
         self._closed = asyncio.Event()
         self._last_heard = time.monotonic()
         self._ping_seq = 0
         self._pinger: asyncio.TimerHandle | None = None
+        self._pinged_at = 0.0  # loop time of the last ping (or of the start of `run`)
         self._ended = ""  # why the session ended, once it has
 
     @classmethod
@@ -106,8 +111,19 @@ class Link:
             logger.info("%s: write to %s failed: %s", self.label, self.address, exc)
             self.close()
 
-    async def ack(self, version: int) -> None:
-        await self.send(Ack(version))
+    async def ack(self, taken: MsList) -> None:
+        """Tell the server the agent holds the list of `taken`, named as it was pushed."""
+        await self.send(Ack(taken.version, list(taken.ms_list), taken.algorithm))
+
+    def set_ping(self, interval: int, timeout: int) -> None:
+        """Adopt new ping settings: the next ping is due one new interval after the last one (at
+        once if that is past), and the silence limit is the new interval x timeout."""
+        if (interval, timeout) == (self.ping_interval, self.ping_timeout):
+            return
+        self.ping_interval, self.ping_timeout = interval, timeout
+        if self._pinger is not None and not self.closed:
+            self._pinger.cancel()
+            self._schedule_ping()
 
     def close(self, reason: str = "closed by the agent") -> None:
         """End the session; `run` returns `reason` (the first one given)."""
@@ -123,6 +139,7 @@ class Link:
 
         The read loop is the only task; pings and the silence check are timer callbacks, so a
         swarm's thousands of links cost one task each and nothing to cancel when one ends."""
+        self._pinged_at = asyncio.get_running_loop().time()
         self._schedule_ping()
         try:
             reason = await self._read_loop(on_ms_list)
@@ -155,12 +172,13 @@ class Link:
                 logger.info("%s: ignoring %s from %s", self.label, message, self.address)
 
     def _schedule_ping(self) -> None:
-        interval = max(self.ready.ping_interval, 1)
-        self._pinger = asyncio.get_running_loop().call_later(interval, self._ping)
+        due = self._pinged_at + max(self.ping_interval, 1)
+        self._pinger = asyncio.get_running_loop().call_at(due, self._ping)
 
     def _ping(self) -> None:
         """Every ping interval: end a session silent past interval x timeout, else ping."""
-        deadline = max(self.ready.ping_interval, 1) * max(self.ready.ping_timeout, 1)
+        self._pinged_at = asyncio.get_running_loop().time()
+        deadline = max(self.ping_interval, 1) * max(self.ping_timeout, 1)
         silent = time.monotonic() - self._last_heard
         if silent > deadline:
             self.close(f"server silent for {silent:.1f}s")

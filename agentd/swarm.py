@@ -1,5 +1,6 @@
 """`agentd swarm`: many agents in one process, each with its own agent.properties, running the
-same Agent class as `agentd run`. For labs and benchmarks."""
+same Agent class as `agentd run`. For labs and benchmarks. An agent that every server refused
+for good stops the whole swarm (its servers would refuse the others too)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from agentd import config
 from agentd.agent import Agent
 from agentd.config import AgentSettings
+from agentd.failover import EveryServerRefusedError
 from common.collector import Collector
 from common.errors import PropertiesError
 from common.properties import AgentProperties
@@ -91,6 +93,7 @@ class Swarm:
         self.agents = agents
         self._stopping = asyncio.Event()
         self.losses: collections.Counter[str] = collections.Counter()
+        self._refused: EveryServerRefusedError | None = None
         if len(agents) > QUIET_ABOVE:
             for agent in agents:
                 agent.losses = self.losses
@@ -105,10 +108,20 @@ class Swarm:
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(PERSIST_THREADS))
         async with asyncio.TaskGroup() as group:
             for agent in self.agents:
-                group.create_task(agent.run(), name=agent.label)
+                group.create_task(self._run_agent(agent), name=agent.label)
             group.create_task(self._report())
             group.create_task(Collector("swarm").run(self._stopping))
         logger.info("%s", summary(self.agents))
+        if self._refused is not None:
+            raise self._refused
+
+    async def _run_agent(self, agent: Agent) -> None:
+        try:
+            await agent.run()
+        except EveryServerRefusedError as exc:
+            if self._refused is None:
+                self._refused = exc
+            self.stop()
 
     async def _report(self) -> None:
         last = ""

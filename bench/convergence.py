@@ -201,7 +201,9 @@ async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
         assert isinstance(message, MsList)
         value = ",".join(message.ms_list) + "@" + message.algorithm
         await asyncio.to_thread(update_properties, path, {config.HOST: value})
-        writer.write(protocol.encode(Ack(message.version)))
+        writer.write(
+            protocol.encode(Ack(message.version, list(message.ms_list), message.algorithm))
+        )
         await writer.drain()
         await reader.read()  # until the server closes
         writer.close()
@@ -209,7 +211,8 @@ async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
     agents = [asyncio.create_task(agent(p)) for p in paths]
     await asyncio.wait_for(all_in.wait(), 120)
     frames = [
-        protocol.encode(MsList(addresses[r:] + addresses[:r], "roundrobin", 0, 2)) for r in range(3)
+        protocol.encode(MsList(addresses[r:] + addresses[:r], "roundrobin", 0, 2, 60, 3))
+        for r in range(3)
     ]
     times: list[float] = []
 
