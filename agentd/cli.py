@@ -15,15 +15,11 @@ from agentd.agent import Agent
 from agentd.config import AgentSettings
 from agentd.failover import EveryServerRefusedError
 from agentd.swarm import QUIET_ABOVE, Swarm, SwarmSpec, load_agents, raise_open_file_limit
-from common.errors import PropertiesError, ValidationError
+from common.errors import PropertiesError, Rejected, ValidationError
 from common.hostlist import format_host_value, parse_host_value
 from common.logs import log_config
 
 logger = logging.getLogger(__name__)
-
-
-class Rejected(click.ClickException):
-    exit_code = 2
 
 
 def _serve(main: Coroutine[Any, Any, None]) -> None:

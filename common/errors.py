@@ -1,9 +1,15 @@
 """One exception tree for the whole project.
 
 Catch these narrowly at boundaries (CLI, wire, Redis); anything else is a bug and should crash.
+Every exception class the project defines derives from `LbError` (tests/common/test_errors.py
+walks the packages to hold that), the command lines' exit codes included: `Rejected` (2) and
+`Failed` (1) are click exceptions, so every CLI (msctl, agentd, msrv) maps its errors to the
+design's exit codes with the same two classes.
 """
 
 from __future__ import annotations
+
+import click
 
 
 class LbError(Exception):
@@ -37,3 +43,15 @@ class ProtocolError(LbError):
 
 class StoreUnavailableError(LbError):
     """Redis cannot be reached; retryable."""
+
+
+class Rejected(LbError, click.ClickException):
+    """A command line's value or usage was refused: exit 2, nothing changed."""
+
+    exit_code = 2
+
+
+class Failed(LbError, click.ClickException):
+    """A command could not do its job at run time: exit 1."""
+
+    exit_code = 1

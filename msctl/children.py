@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from common.errors import LbError
 from msctl.embedded_redis import die_with_parent
 
 _LIVE: set[LoggedProcess] = set()
@@ -38,7 +39,7 @@ def kill_leftovers() -> list[str]:
     return killed
 
 
-class ChildError(RuntimeError):
+class ChildError(LbError):
     """A child exited, or did not log what was awaited in time."""
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import click
 
+from common.errors import Failed, Rejected
 from common.keys import Keys
 from msctl.children import ChildError
 from msctl.lab import STATE_FILE, Lab, read_state
 from msctl.lab_demo import Demo, DemoFailedError
 from msctl.lab_view import read_view
-from msctl.options import DEFAULT_LAB_DIR, LAB_DIR_ENV, Failed, Rejected
+from msctl.options import DEFAULT_LAB_DIR, LAB_DIR_ENV
 
 CONTROL_TIMEOUT = 20.0
 

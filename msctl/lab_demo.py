@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import click
 
+from common.errors import LbError
 from common.properties import AgentProperties
 from common.records import HostRecord, HostState, load_hosts
 from msctl.children import ChildError
@@ -29,7 +30,7 @@ T = TypeVar("T")
 POLL = 0.1
 
 
-class DemoFailedError(Exception):
+class DemoFailedError(LbError):
     def __init__(self, step: str, reason: str) -> None:
         super().__init__(f"step '{step}': {reason}")
         self.step = step

@@ -1,4 +1,5 @@
-"""Options every msctl command shares, and the errors that map to exit codes 1 and 2."""
+"""Options every msctl command shares, and how errors map to exit codes 1 and 2
+(common.errors.Rejected and Failed)."""
 
 from __future__ import annotations
 
@@ -16,22 +17,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.connection import redis_from_url
-from common.errors import LbError, ValidationError
+from common.errors import Failed, LbError, Rejected, ValidationError
 from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, Keys
 
 T = TypeVar("T")
-
-
-class Rejected(click.ClickException):
-    """A value or usage was refused: exit 2, Redis untouched."""
-
-    exit_code = 2
-
-
-class Failed(click.ClickException):
-    """The command could not do its job at run time: exit 1."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -126,6 +115,8 @@ def run_async(cli: CliConfig, work: Callable[[aioredis.Redis], Coroutine[Any, An
 
     try:
         return asyncio.run(main())
+    except (Rejected, Failed):
+        raise  # already says its exit code
     except ValidationError as exc:
         raise Rejected(str(exc)) from None
     except (RedisError, OSError) as exc:
