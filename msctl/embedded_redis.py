@@ -16,7 +16,13 @@ from pathlib import Path
 
 import redis
 
+from common.errors import LbError
+
 READY_TIMEOUT = 10.0
+
+
+class EmbeddedRedisError(LbError):
+    """The embedded Redis could not be started, or did not answer in time."""
 
 
 # libc is loaded here, in the parent, so that the forked child only makes one system call
@@ -52,11 +58,11 @@ def wait_for_redis(
             except redis.ConnectionError:
                 pass
             if process is not None and process.poll() is not None:
-                raise RuntimeError(
+                raise EmbeddedRedisError(
                     f"redis-server exited with {process.returncode} before answering"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"redis at {url} did not answer within {timeout}s")
+                raise EmbeddedRedisError(f"redis at {url} did not answer within {timeout}s")
             time.sleep(0.02)
     finally:
         client.close()
@@ -84,7 +90,7 @@ class RedisServer:
     def command(self) -> list[str]:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise FileNotFoundError("redis-server is not on PATH")
+            raise EmbeddedRedisError("redis-server is not on PATH")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.workdir), "--protected-mode", "no", "--daemonize", "no"]
         args += ["--logfile", str(self.workdir / "redis.log")]
@@ -132,7 +138,7 @@ class FakeRedisTcp:
         try:
             from fakeredis import TcpFakeServer
         except ImportError:
-            raise RuntimeError(
+            raise EmbeddedRedisError(
                 "no redis-server binary and no fakeredis: install redis-server or "
                 "the 'lab' extra (pip install 'indirect-agent-lb[lab]')"
             ) from None

@@ -17,6 +17,7 @@ import click
 from common.errors import Failed, Rejected
 from common.keys import Keys
 from msctl.children import ChildError
+from msctl.embedded_redis import EmbeddedRedisError
 from msctl.lab import STATE_FILE, Lab, read_state
 from msctl.lab_demo import Demo, DemoFailedError
 from msctl.lab_view import read_view
@@ -70,7 +71,7 @@ def lab_up(
         raise Rejected(str(exc)) from None
     try:
         asyncio.run(_up(lab))
-    except ChildError as exc:
+    except (ChildError, EmbeddedRedisError) as exc:
         raise Failed(str(exc)) from None
 
 
@@ -217,7 +218,7 @@ def lab_demo(redis_url: str | None, namespace: str) -> None:
             asyncio.run(_demo(lab))
         except DemoFailedError as exc:
             raise Failed(f"demo failed at {exc}") from None
-        except ChildError as exc:
+        except (ChildError, EmbeddedRedisError) as exc:
             raise Failed(f"demo failed: {exc}") from None
     click.echo(f"demo finished in {time.monotonic() - started:.1f}s: every step checked")
 
