@@ -70,6 +70,7 @@ class Connection:
         self.loop_time = loop.time
         self.heard = self.loop_time()  # when the agent last sent anything
         self._watchdog: asyncio.TimerHandle | None = None
+        self._silence_limit: Callable[[], float] = lambda: 0.0
         self._overdue: asyncio.TimerHandle | None = loop.call_later(
             startup_timeout, self._startup_overdue
         )
@@ -129,6 +130,7 @@ class Connection:
         label: Callable[[], str],
     ) -> None:
         """Read and dispatch until the connection ends (never raises for the agent's doing)."""
+        self._silence_limit = silence_limit
         self._watch(silence_limit)
         try:
             await self._loop(handlers, label)
@@ -150,6 +152,13 @@ class Connection:
             logger.exception("%s: internal error; closing this session", label())
             with contextlib.suppress(Exception):
                 await self._last_word(Error(ErrorCode.INTERNAL, "internal error", retryable=True))
+
+    def rewatch(self) -> None:
+        """The silence limit changed: measure from the last message by the new one now, not
+        when the current timer fires."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watch(self._silence_limit)
 
     def _watch(self, silence_limit: Callable[[], float]) -> None:
         """One timer per silence period, not one per message: when it fires, an agent heard

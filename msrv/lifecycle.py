@@ -261,7 +261,10 @@ class HostSession:
             push = self.in_flight[matches[-1]]
             self.in_flight = self.in_flight[matches[-1] + 1 :]
             self.holding = assignment = push.assignment
-            self._told_limit = float(assignment.ping_interval * assignment.ping_timeout)
+            told = float(assignment.ping_interval * assignment.ping_timeout)
+            if told != self._told_limit:
+                self._told_limit = told
+                self.conn.rewatch()
             record = replace(
                 record,
                 ms_list=acked,

@@ -23,8 +23,8 @@ STARTUP = Startup(
     [
         STARTUP,
         protocol.Ready(1, "a", 5, 3, 0),
-        MsList(["b", "a"], "roundrobin", 10, 7),
-        protocol.Ack(7),
+        MsList(["b", "a"], "roundrobin", 10, 7, 5, 3),
+        protocol.Ack(7, ["b", "a"], "roundrobin"),
         protocol.Ping(3),
         protocol.Pong(3),
         protocol.Error("unavailable", "redis is down", retryable=True),
