@@ -16,8 +16,8 @@ from agentd import config
 from agentd.agent import Agent
 from agentd.config import AgentSettings
 from agentd.failover import EveryServerRefusedError
-from common.collector import Collector
 from common.errors import PropertiesError
+from common.gc_pacer import GcPacer
 from common.properties import AgentProperties
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Swarm:
             for agent in self.agents:
                 group.create_task(self._run_agent(agent), name=agent.label)
             group.create_task(self._report())
-            group.create_task(Collector("swarm").run(self._stopping))
+            group.create_task(GcPacer("swarm").run(self._stopping))
         logger.info("%s", summary(self.agents))
         if self._refused is not None:
             raise self._refused

@@ -5,7 +5,7 @@ survived since the last one reach a quarter of the rest. In an `agentd swarm` of
 that pass took 320-375 ms, and a failover (1,000 new sessions at once) set it off, doubling the
 failover time; `msrv` with 1,000 sessions paused 60-170 ms the same way.
 
-So, every `period` seconds, `Collector` collects what is not frozen (only what was made since
+So, every `period` seconds, `GcPacer` collects what is not frozen (only what was made since
 the last tick: cheap) and freezes the survivors (`gc.freeze`), which the automatic passes then
 skip. Frozen objects that later become cyclic garbage would never be freed, so every
 `full_every` ticks it unfreezes everything first: one full pass, at a moment of its own
@@ -27,7 +27,7 @@ FULL_EVERY = 300  # passes between full ones (10 minutes)
 SLOW_PASS = 0.1  # seconds: a pass this long is logged
 
 
-class Collector:
+class GcPacer:
     def __init__(self, label: str, *, period: float = PERIOD, full_every: int = FULL_EVERY) -> None:
         self.label = label
         self.period = period

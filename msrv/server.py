@@ -20,9 +20,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common.collector import Collector
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
+from common.gc_pacer import GcPacer
 from common.keys import Keys
 from common.protocol import READER_LIMIT, Error, ErrorCode
 from msrv.balancer import Balancer
@@ -144,12 +144,12 @@ class Server:
                 ("resync", self.ctx.resync.run()),
                 ("events", self._subscriber().run()),
                 ("housekeeping", self.housekeeping.run()),
-                ("collector", Collector(self.name).run(self.should_exit)),
+                ("gc pacer", GcPacer(self.name).run(self.should_exit)),
             )
         }
         stop = asyncio.create_task(self.should_exit.wait())
         await asyncio.wait({stop, *shared}, return_when=asyncio.FIRST_COMPLETED)
-        # Any shared task that ends before a signal is a bug; the collector ends with the signal.
+        # Any shared task that ends before a signal is a bug; the gc pacer ends with the signal.
         failed = [t for t in shared if t.done() and not (self.should_exit.is_set() and _clean(t))]
         for task in failed:
             error = None if task.cancelled() else task.exception()

@@ -1,10 +1,10 @@
-"""common.collector: passes freeze what survives; every full_every-th pass frees frozen garbage."""
+"""common.gc_pacer: passes freeze what survives; every full_every-th pass frees frozen garbage."""
 
 import asyncio
 import gc
 import weakref
 
-from common.collector import Collector
+from common.gc_pacer import GcPacer
 
 
 class Node:
@@ -13,7 +13,7 @@ class Node:
 
 
 def test_frozen_cyclic_garbage_waits_for_the_full_pass():
-    collector = Collector("test", full_every=3)
+    collector = GcPacer("test", full_every=3)
     try:
         node = Node()
         ref = weakref.ref(node)
@@ -30,7 +30,7 @@ def test_frozen_cyclic_garbage_waits_for_the_full_pass():
 
 
 def test_unfrozen_cyclic_garbage_goes_at_the_next_pass():
-    collector = Collector("test", full_every=100)
+    collector = GcPacer("test", full_every=100)
     try:
         node = Node()
         ref = weakref.ref(node)
@@ -42,7 +42,7 @@ def test_unfrozen_cyclic_garbage_goes_at_the_next_pass():
 
 
 def test_run_collects_every_period_until_told_to_stop():
-    class Counting(Collector):
+    class Counting(GcPacer):
         def __init__(self, until: asyncio.Event) -> None:
             super().__init__("test", period=0.01)
             self.until = until
