@@ -12,13 +12,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agentd.checker import PreferredChecker
-from agentd.config import HOST, AgentSettings
+from agentd.config import AgentSettings
 from agentd.failover import EveryServerRefusedError, connect_with_failover
+from agentd.host_file import HostFile
 from agentd.link import ConnectFailedError, Link
 from common.addresses import Address, parse_address_list
-from common.errors import PropertiesError, ValidationError
+from common.errors import ValidationError
 from common.hostlist import HostList, format_host_value
-from common.properties import update_properties
 from common.protocol import MsList, Startup
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,13 @@ class Agent:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure: BaseException | None = None
-        self._persist_lock = asyncio.Lock()
+        self.host_file = HostFile(settings.path, self.label)
         self._switch_lock = asyncio.Lock()
         self._migration: asyncio.Task[None] | None = None
         # When set (a large swarm), lost servers are counted here for one summary line instead
         # of a line per agent.
         self.losses: collections.Counter[str] | None = None
         self._last_attempt = 0  # stamp of the last connection attempt (ms, strictly increasing)
-        self._persist_fault: str | None = None  # why the last list could not be saved
 
     # ---- state seen by the checker, the swarm and tests
     @property
@@ -214,16 +213,8 @@ class Agent:
         except ValidationError as exc:
             logger.error("%s: refusing list from %s: %s", self.label, link.address, exc)
             return
-        value = format_host_value(new_list)
-        async with self._persist_lock:
-            try:
-                await asyncio.to_thread(update_properties, self.settings.path, {HOST: value})
-            except (OSError, PropertiesError) as exc:
-                self._persist_failed(value, exc)
-                return
-        if self._persist_fault is not None:
-            logger.warning("%s: %s writable again", self.label, self.settings.path)
-            self._persist_fault = None
+        if not await self.host_file.save(new_list):
+            return
         before = self.host_list
         self.host_list = new_list
         self._set_server_interval(message.check_interval)
@@ -231,25 +222,16 @@ class Agent:
         # the list is acknowledged, not before (a list that cannot be saved changes nothing).
         link.set_ping(message.ping_interval, message.ping_timeout)
         await link.ack(message)
-        logger.info("%s: persisted host=%s (version %d)", self.label, value, message.version)
+        logger.info(
+            "%s: persisted host=%s (version %d)",
+            self.label,
+            format_host_value(new_list),
+            message.version,
+        )
         if self._should_move(before, new_list):
             if self._migration is not None:
                 self._migration.cancel()
             self._migration = self._spawn(self._move_to_preferred(), "move")
-
-    def _persist_failed(self, value: str, exc: Exception) -> None:
-        """Not acked: the server pushes the list again later. The cause is logged once, not at
-        every push while it lasts."""
-        fault = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        log = logger.error if fault != self._persist_fault else logger.debug
-        log(
-            "%s: cannot save host=%s to %s (%s); keeping the old list, not acknowledging",
-            self.label,
-            value,
-            self.settings.path,
-            fault,
-        )
-        self._persist_fault = fault
 
     def _should_move(self, before: HostList, after: HostList) -> bool:
         """Move when the current server left the list, or the list's first entry changed and is
