@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -12,6 +14,20 @@ from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL
 from common.logs import log_config
 from msrv import server
 from msrv.config import ServerSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def seconds(name: str, help: str) -> Callable[[F], F]:
+    """A tuning option in seconds (default 10)."""
+    return click.option(
+        name,
+        type=click.FloatRange(0.1, 3600),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        help=help,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,30 +71,9 @@ def cli() -> None:
     show_default=True,
     help="prefix of every key and channel [env MSRV_NAMESPACE]",
 )
-@click.option(
-    "--startup-timeout",
-    type=click.FloatRange(0.1, 3600),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="close a connection that completes no startup within this time",
-)
-@click.option(
-    "--repush-interval",
-    type=click.FloatRange(0.1, 3600),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="push a list again when its agent has not acknowledged it for this long",
-)
-@click.option(
-    "--last-seen-interval",
-    type=click.FloatRange(0.1, 3600),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="how often a connected host's last_seen is written",
-)
+@seconds("--startup-timeout", "close a connection that completes no startup within this time")
+@seconds("--repush-interval", "push a list again when its agent has not acked it for this long")
+@seconds("--last-seen-interval", "how often a connected host's last_seen is written")
 @click.option("-v", "--verbose", count=True, help="more log output")
 def serve(
     listen: str,
