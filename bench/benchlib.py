@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -23,6 +23,9 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from common.keys import Keys  # noqa: E402
 from msctl.children import kill_leftovers  # noqa: E402
+
+if TYPE_CHECKING:
+    from msctl.lab import Lab
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -121,6 +124,23 @@ async def host_views(redis: aioredis.Redis, keys: Keys) -> list[HostView]:
         HostView(i, *(x or "" for x in r[:3]), int(r[3] or 0), float(r[4] or 0), r[5] or "")
         for i, r in zip(ids, replies, strict=True)
     ]
+
+
+async def lab_views(lab: Lab) -> list[HostView]:
+    """A lab's registry, read once through a client of its own."""
+    client = lab.redis()
+    try:
+        return await host_views(client, lab.keys)
+    finally:
+        await client.aclose()
+
+
+def on_first_entry(lab: Lab, views: Sequence[HostView]) -> int:
+    """How many hosts are connected to their list's first entry (settled, for roundrobin)."""
+    ids = {m.listen: m.server_id for m in lab.members}
+    return sum(
+        1 for v in views if v.state == "connected" and ids.get(v.ms_list.split(",")[0]) == v.server
+    )
 
 
 # ---- /proc

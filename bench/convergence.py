@@ -35,8 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
-from benchlib import HostView, host_views, print_json, print_table, summary
-from profiling import Recorder, summarise
+from benchlib import HostView, lab_views, on_first_entry, print_json, print_table, summary
+from profiling import Recorder, print_self_time
 
 from agentd import config
 from agentd.swarm import SwarmSpec, prepare_properties
@@ -65,24 +65,15 @@ async def wait_settled(lab: Lab, count: int, limit: float, strict: bool = True) 
     """Until every host is connected and sits on its list's first entry. (A host's acked
     version is not checked: a new session starts its record at 0 when the list is current.)
     Returns how many are not settled when `limit` passes (raises instead when `strict`)."""
-    ids = {m.listen: m.server_id for m in lab.members}
     deadline = time.monotonic() + limit
     while True:
-        client = lab.redis()
-        try:
-            views = await host_views(client, lab.keys)
-        finally:
-            await client.aclose()
-        done = [
-            v for v in views
-            if v.state == "connected" and ids.get(v.ms_list.split(",")[0]) == v.server
-        ]  # fmt: skip
-        if len(done) == count:
+        done = on_first_entry(lab, await lab_views(lab))
+        if done == count:
             return 0
         if time.monotonic() > deadline:
             if not strict:
-                return count - len(done)
-            raise TimeoutError(f"only {len(done)}/{count} agents settled")
+                return count - done
+            raise TimeoutError(f"only {done}/{count} agents settled")
         await asyncio.sleep(0.5)
 
 
@@ -147,12 +138,7 @@ async def run_agents(
             await asyncio.sleep(1.0)  # the last renames land
             persisted = [t - started for t in folder_times(agents_dir, args.agents)]
             unsettled = await wait_settled(lab, args.agents, SETTLE, strict=False)
-            client = lab.redis()
-            try:
-                views = await host_views(client, lab.keys)
-            finally:
-                await client.aclose()
-            good = check_files(agents_dir, views, host)
+            good = check_files(agents_dir, await lab_views(lab), host)
             rows.append({
                 "repeat": k,
                 "host": ",".join(h.split(":")[0] for h in host),
@@ -311,10 +297,7 @@ def main() -> None:
     with benchlib.leftovers_killed():
         result = asyncio.run(asyncio.wait_for(run(args), DEADLINE))
     if args.profile is not None:
-        samples, own, _ = summarise(args.profile / "convergence-swarm.txt", 12)
-        print(f"py-spy of the swarm: {samples} samples; top self time:")
-        for frame, n in own:
-            print(f"  {100 * n / max(samples, 1):5.1f}%  {frame}")
+        print_self_time(args.profile / "convergence-swarm.txt", "the swarm")
     print_result(result)
     print_json(result)
 

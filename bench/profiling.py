@@ -62,6 +62,14 @@ def summarise(path: Path, top: int = 20) -> tuple[int, Ranked, Ranked]:
     return samples, own.most_common(top), total.most_common(top)
 
 
+def print_self_time(path: Path, what: str, top: int = 12) -> None:
+    """The functions most on the CPU (self time) in a raw file, after a bench's run."""
+    samples, own, _ = summarise(path, top)
+    print(f"py-spy of {what}: {samples} samples; top self time:")
+    for frame, n in own:
+        print(f"  {100 * n / max(samples, 1):5.1f}%  {frame}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path)

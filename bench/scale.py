@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import cpu_share, print_json, print_table, proc_sample
-from profiling import Recorder, summarise
+from profiling import Recorder, print_self_time
 
 from msctl.children import LoggedProcess, swarm_ready
 from msctl.lab import Lab
@@ -134,10 +134,7 @@ def main() -> None:
     with benchlib.leftovers_killed(), tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         result = asyncio.run(asyncio.wait_for(run(args, Path(tmp)), DEADLINE))
     if args.profile is not None:
-        samples, own, _ = summarise(args.profile / "scale-msrv.txt", 12)
-        print(f"py-spy of the server at {args.max} agents: {samples} samples; top self time:")
-        for frame, n in own:
-            print(f"  {100 * n / max(samples, 1):5.1f}%  {frame}")
+        print_self_time(args.profile / "scale-msrv.txt", f"the server at {args.max} agents")
     cols = [
         "agents",
         "server_cpu",
