@@ -115,3 +115,33 @@ def test_empty_redis_after_restart_never_wipes_lists(
             assert held[0] is not None and held[0].algorithm == "roundrobin"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_empty_redis_set_again_to_the_same_version_reaches_every_agent(
+    redis_factory: Callable[..., RedisServer], namespace: str
+) -> None:
+    """Defect: servers at version 2, Redis restarted empty, then `host` and the algorithm set
+    again at once (version 2 again): the servers took it as unchanged, every agent kept its old
+    list while `config get host` showed the new one."""
+    redis = redis_factory(persist=False)
+
+    async def scenario() -> None:
+        async with fleet(redis.url, namespace, servers=2) as f:
+            await f.set("host", "a,b,c")
+            await f.set(ALGORITHM, "static")  # version 2 (static is the default: set anyway)
+            clients = await _clients(f, 30)
+            redis.restart()  # comes back with nothing
+            await f.forget_connections()
+            await _wait_all(f, "Redis is back")
+            await f.store.set("host", "c,d,e")  # at once, without waiting for the servers
+            change = await f.store.set(ALGORITHM, "roundrobin")
+            assert change.version == 2
+            for client in clients:  # the first change's list may come first; then the second's
+                message = await client.next(timeout=10)
+                if isinstance(message, MsList) and message.algorithm == "static":
+                    message = await client.next(timeout=10)
+                assert isinstance(message, MsList) and message.algorithm == "roundrobin"
+                assert sorted(message.ms_list) == ["c", "d", "e"]
+
+    asyncio.run(scenario())
