@@ -60,3 +60,34 @@ def test_last_seen_of_a_connected_host_is_refreshed(redis_url: str, namespace: s
             assert gone.state == "disconnected" and gone.last_seen >= later[0].last_seen
 
     asyncio.run(scenario())
+
+
+def test_an_ack_names_the_list_when_two_pushes_share_a_version(
+    redis_url: str, namespace: str
+) -> None:
+    """Pushes caused by zone changes reuse the config version: the ack says which list the
+    agent saved, and the registry records that one (it once recorded the last one sent)."""
+
+    async def scenario() -> None:
+        async with fleet(redis_url, namespace, servers=1) as f:
+            await f.set("host", "a,b,c")
+            version = await f.set("indirect.agent.lb.algorithm", "roundrobin")
+            other = await f.connect()
+            await other.startup("first", zone="z")  # id 1, rank 0
+            client = await f.connect(auto_ack=False)
+            first = (await client.startup("second", zone="z")).ms_list  # id 2, rank 1
+            assert first is not None and first.ms_list == ["b", "c", "a"]
+            await other.close()
+            await f.servers[0].wait_for("1 session ended")
+            assert (await f.msctl("hosts", "remove", "1")).exit_code == 0
+            second = await client.next(timeout=10)  # rank 0 now, the same config version
+            assert isinstance(second, MsList) and second.ms_list == ["a", "b", "c"]
+            assert first.version == second.version == version
+            await client.send(Ack(version, first.ms_list, "roundrobin"))  # saved the first only
+            await f.wait_hosts(lambda hosts: hosts[0].acked_version == version)
+            (host,) = await f.hosts()
+            assert host.ms_list == ("b", "c", "a")
+            await client.send(Ack(version, second.ms_list, "roundrobin"))
+            await f.wait_hosts(lambda hosts: hosts[0].ms_list == ("a", "b", "c"))
+
+    asyncio.run(scenario())
