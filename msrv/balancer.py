@@ -99,15 +99,14 @@ class Balancer:
 
     # -- one host ----------------------------------------------------------------------------------
 
-    def push_if_due(self, host: ServedHost) -> None:
-        """After `ready`: push the host's list when what it reported is not it."""
+    def assignment(self, host: ServedHost) -> Assignment | None:
+        """What list `host` should hold now (None: `host` is unset, push nothing), from the
+        zone's cached ids, with no await."""
         ids = self.ranks.get(host.zone)
         if ids is None:  # not read (Redis failed): compute now, the recompute corrects it
             ids = []
             self.wanted_zones.add(host.zone)
-        assignment = assignment_for(self.effective(host.cluster), ids, host.host_id)
-        if assignment is not None and push_due(assignment, host):
-            host.deliver(assignment, self.snapshot.version)
+        return assignment_for(self.effective(host.cluster), ids, host.host_id)
 
     # -- zones -------------------------------------------------------------------------------------
 

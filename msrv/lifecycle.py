@@ -51,6 +51,7 @@ from common.protocol import (
     encode,
 )
 from common.records import HostRecord, HostState
+from msrv.balancer import push_due
 from msrv.connection import Connection, Handler, Refused
 from msrv.context import ServerContext
 from msrv.registry import Started, Write
@@ -228,7 +229,10 @@ class HostSession:
             settings.ping_interval,
             settings.ping_timeout,
         )
-        self.ctx.balancer.push_if_due(self)
+        balancer = self.ctx.balancer
+        assignment = balancer.assignment(self)
+        if assignment is not None and push_due(assignment, self):
+            self.deliver(assignment, balancer.snapshot.version)
 
     # -- lists: push, ack, push again -----------------------------------------------------------
 

@@ -12,7 +12,7 @@ from common.assignment import Assignment, Holding
 from common.configstore import ConfigStore
 from common.keys import Keys
 from common.protocol import MsList
-from msrv.balancer import Balancer
+from msrv.balancer import Balancer, push_due
 from msrv.table import SessionTable
 
 KEYS = Keys("unit")
@@ -54,7 +54,9 @@ async def admit(balancer: Balancer, table: SessionTable[FakeHost], host: FakeHos
     rank = bisect.bisect_left(ids, host.host_id) if ranked else len(ids)
     await balancer.ranks.catch_up(host.zone, host.host_id, ranked=ranked, rank=rank, count=len(ids))
     table.start(host)
-    balancer.push_if_due(host)
+    assignment = balancer.assignment(host)
+    if assignment is not None and push_due(assignment, host):
+        host.deliver(assignment, balancer.snapshot.version)
 
 
 Work = Callable[
