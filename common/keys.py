@@ -50,6 +50,11 @@ class Keys:
         return self._k("settings", "clusters")
 
     @property
+    def ca(self) -> str:
+        """The namespace's certificate authority (certificate and key, JSON)."""
+        return self._k("ca")
+
+    @property
     def settings_epoch(self) -> str:
         """A random id created with the first settings write: a Redis that lost its data and
         was set again has another one, whatever its version counter says."""
