@@ -18,25 +18,33 @@ from common.errors import PropertiesError
 _ENCODING = "latin-1"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync folder.
 
-    The file keeps its permission bits when it already exists.
+    The file gets `mode` when one is given (a private key's 0o600), else keeps its permission
+    bits when it already exists, else 0o644. The mode is set on the temp file before any data
+    is written to it, so the data is never readable by more than the final file allows.
     """
     folder = path.parent
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    if mode is None:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as tmp:
+            os.fchmod(tmp.fileno(), mode)
             tmp.write(data)
             tmp.flush()
-            os.fchmod(tmp.fileno(), mode)
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    fsync_folder(folder)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a removal in `folder` durable."""
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -76,6 +76,46 @@ def test_atomic_write_keeps_mode_and_leaves_no_temp_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.properties"]
 
 
+def test_atomic_write_with_a_mode_sets_it_before_any_data_is_written(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+    modes_at_write = []
+
+    class Spy:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def write(self, data):
+            modes_at_write.append(stat.S_IMODE(os.fstat(self.file.fileno()).st_mode))
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Spy(real_fdopen(fd, *a, **k)))
+    path = tmp_path / "agent.key"
+    atomic_write(path, b"secret", mode=0o640)  # not mkstemp's own 0600: the chmod came first
+    assert modes_at_write == [0o640]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    atomic_write(path, b"secret", mode=0o600)  # an explicit mode wins over the existing one
+    assert modes_at_write == [0o640, 0o600]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_atomic_write_without_a_mode_keeps_the_existing_one_or_makes_0644(tmp_path):
+    path = tmp_path / "f.properties"
+    atomic_write(path, b"a=1\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    os.chmod(path, 0o640)
+    atomic_write(path, b"a=2\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
 def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "f.properties"
     path.write_text("a=1\n")
