@@ -54,6 +54,17 @@ class Keys:
         """The namespace's certificate authority (certificate and key, JSON)."""
         return self._k("ca")
 
+    # join tokens
+    @property
+    def tokens(self) -> str:
+        """Set: ids of the join tokens (an id whose hash expired is dropped when listing)."""
+        return self._k("tokens")
+
+    def token(self, token_id: str) -> str:
+        """Hash: one join token (hash of its secret, expiry, uses left, created, revoked); it
+        expires with the token (EXPIREAT)."""
+        return self._k("token", token_id)
+
     @property
     def settings_epoch(self) -> str:
         """A random id created with the first settings write: a Redis that lost its data and
