@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 import redis.asyncio as aioredis
 
 from common.assignment import Assignment, Holding, assignment_for, holds
+from common.ca import load_ca
 from common.configstore import ConfigSnapshot, ConfigStore
 from common.errors import UnknownAlgorithmError
 from common.records import (
@@ -19,6 +21,7 @@ from common.records import (
     load_hosts,
     load_servers,
 )
+from common.tokens import TokenInfo, list_tokens
 from msctl.options import CliConfig, connection_options, run_async
 from msctl.tables import format_table, printable
 
@@ -28,6 +31,11 @@ class Fleet:
     snapshot: ConfigSnapshot
     servers: list[ServerRecord]
     hosts: list[HostRecord]
+    tokens: list[TokenInfo] = field(default_factory=list)
+    ca_expires: datetime.datetime | None = None
+
+
+CA_WARN_DAYS = 30
 
 
 def holding_of(host: HostRecord, assignment: Assignment) -> Holding:
@@ -111,6 +119,27 @@ def _warnings(fleet: Fleet) -> list[str]:
     if stale:
         ids = ", ".join(str(h.id) for h in stale[:10]) + (", ..." if len(stale) > 10 else "")
         warnings.append(f"{len(stale)} connected hosts have not acknowledged their list: {ids}")
+    return warnings + _trust_warnings(fleet)
+
+
+def _trust_warnings(fleet: Fleet) -> list[str]:
+    """Join tokens still valid (anyone holding one can enroll a host) and a CA that expires
+    within CA_WARN_DAYS."""
+    warnings = []
+    valid = [t for t in fleet.tokens if t.state == "valid"]
+    if valid:
+        ids = ", ".join(printable(t.id) for t in valid[:10]) + (", ..." if len(valid) > 10 else "")
+        warnings.append(
+            f"{len(valid)} join tokens still valid ({ids}); "
+            "revoke those no longer needed with `msctl token revoke ID`"
+        )
+    if fleet.ca_expires is not None:
+        left = fleet.ca_expires - datetime.datetime.now(datetime.UTC)
+        if left < datetime.timedelta(days=CA_WARN_DAYS):
+            warnings.append(
+                f"the CA certificate expires in {max(left.days, 0)} days "
+                f"({fleet.ca_expires:%Y-%m-%d})"
+            )
     return warnings
 
 
@@ -156,7 +185,10 @@ def status_command(cli: CliConfig) -> None:
     async def work(redis: aioredis.Redis) -> Fleet:
         snapshot = await ConfigStore(redis, cli.keys).snapshot()
         servers = await load_servers(redis, cli.keys)
-        return Fleet(snapshot, servers, await load_hosts(redis, cli.keys))
+        hosts = await load_hosts(redis, cli.keys)
+        ca = await load_ca(redis, cli.keys)
+        tokens = await list_tokens(redis, cli.keys)
+        return Fleet(snapshot, servers, hosts, tokens, ca.expires if ca else None)
 
     fleet = run_async(cli, work)
     click.echo(format_table([("WHAT", "VALUE"), *_summary(fleet)], wide=(1,)))
