@@ -82,7 +82,7 @@ class Resync:
     async def load(self) -> None:
         """At start: the settings in force, whatever Redis holds."""
         self.balancer.apply(await self.store.snapshot())
-        logger.info("settings at version %d", self.balancer.snapshot.version)
+        logger.info("%s: settings at version %d", self.name, self.balancer.snapshot.version)
 
     # -- hints: events and the poll --------------------------------------------------------------
 
@@ -149,17 +149,18 @@ class Resync:
             return False
         self.regressed = False
         self.balancer.apply(found)
-        logger.info("settings now at version %d", found.version)
+        logger.info("%s: settings now at version %d", self.name, found.version)
         await self.balancer.recompute_all()
         return True
 
     def _report_lost(self, found: ConfigSnapshot, applied: ConfigSnapshot) -> None:
         if not self.regressed:
             logger.error(
-                "Redis holds settings version %d, not the version %d this server applied: "
+                "%s: Redis holds settings version %d, not the version %d this server applied: "
                 "Redis lost its data. Keeping the last-known settings (agents keep their lists). "
                 "Restore Redis's data, or set the settings again with `msctl config set` "
                 "(the next change is applied).",
+                self.name,
                 found.version,
                 applied.version,
             )
