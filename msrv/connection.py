@@ -43,10 +43,14 @@ class StartupOverdueError(LbError, TimeoutError):
     """The connection completed no startup within the server's startup timeout."""
 
 
+ERROR_TEXT_MAX = 200  # an error's message never quotes a hostile value back at length
+
+
 class Refused(LbError):
     """End the connection with an `error` message."""
 
     def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        message = message[:ERROR_TEXT_MAX]
         super().__init__(message)
         self.error = Error(code, message, retryable)
 
@@ -135,8 +139,9 @@ class Connection:
         try:
             await self._loop(handlers, label)
         except ProtocolError as exc:
-            logger.warning("%s: %s; closing", label(), exc.message)
-            await self._last_word(Error(exc.code, exc.message))
+            message = exc.message[:ERROR_TEXT_MAX]
+            logger.warning("%s: %s; closing", label(), message)
+            await self._last_word(Error(exc.code, message))
         except Refused as exc:
             logger.debug("%s refused: %s", label(), exc)
             await self._last_word(exc.error)
