@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 # costs its agent a 1 s retransmit. The kernel caps this at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
 REDIS_CONNECTIONS = 16
+SHUTDOWN_GRACE = 3.0  # seconds past shutdown_timeout before a stuck shutdown is cut short
 
 
 class Server:
@@ -74,6 +75,7 @@ class Server:
         )
         self.housekeeping = Housekeeping(self.ctx, self.servers)
         self.should_exit = asyncio.Event()
+        self.stage = "starting"  # what the server is doing, for a shutdown that overruns
         self.tasks: set[asyncio.Task[Any]] = set()  # one per connection
 
     @property
@@ -106,8 +108,10 @@ class Server:
                 self.settings.listen_port,
                 self.settings.advertise,
             )
+            self.stage = "serving"
             code = await self._run(listener)
         finally:
+            self.stage = "closing the Redis connections"
             await self.redis.aclose()
             await self.events_redis.aclose()
         logger.info("msrv %s stopped", self.name)
@@ -118,6 +122,18 @@ class Server:
             logger.warning("msrv %s: second signal; exiting now", self.name)
             os._exit(1)
         self.should_exit.set()
+        # A shutdown is bounded: whatever it waits for, the process ends.
+        limit = self.settings.shutdown_timeout + SHUTDOWN_GRACE
+        asyncio.get_running_loop().call_later(limit, self._shutdown_overdue, limit)
+
+    def _shutdown_overdue(self, limit: float) -> None:
+        logger.error(
+            "msrv %s: shutdown not done after %.0fs (at: %s); exiting now",
+            self.name,
+            limit,
+            self.stage,
+        )
+        os._exit(1)
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run `work` unless a signal comes first (then cancel it); whether it completed."""
@@ -217,15 +233,19 @@ class Server:
         listener.close()
         table.closed = True
         records = [s.record for s in table.started() if s.record is not None and not s.superseded]
+        self.stage = f"marking {len(records)} hosts disconnected"
         with contextlib.suppress(RedisError):
             await self.ctx.registry.disconnect(records)
         for session in table.connections():
             session.conn.hang_up(
                 Error(ErrorCode.SHUTTING_DOWN, "server is stopping", retryable=True)
             )
+        self.stage = f"closing {len(self.tasks)} connections"
         await self._drain_connections()
+        self.stage = "deregistering"
         with contextlib.suppress(RedisError):
             await self.servers.deregister()
+        self.stage = "stopping the shared tasks"
 
     async def _drain_connections(self) -> None:
         pending = set(self.tasks)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import signal
 
 import pytest
 
+import msrv.server
 from common.connection import redis_from_url
 from common.records import ServerState, load_servers
 from msrv.config import ServerSettings
@@ -82,3 +85,42 @@ async def _connect_when_listening(port: int, serving: asyncio.Task[int]) -> Wire
                 return await WireClient.connect("127.0.0.1", port, timeout=1)
             except OSError:
                 await asyncio.sleep(0.05)
+
+
+def test_a_shutdown_that_hangs_is_cut_short_with_exit_1(
+    redis_url: str,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever a shutdown waits for, SIGTERM ends the process within shutdown_timeout plus a
+    grace period (a demo once saw a server outlive its supervisor's 10 s wait)."""
+    exits: list[int] = []
+
+    async def scenario() -> None:
+        port = free_port()
+        settings = ServerSettings.build(f"127.0.0.1:{port}", None, "ms1", redis_url, namespace)
+        server = Server(dataclasses.replace(settings, shutdown_timeout=0.2))
+        exited = asyncio.Event()
+
+        def fake_exit(code: int) -> None:
+            exits.append(code)
+            exited.set()
+
+        async def hanging_deregister() -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(msrv.server.os, "_exit", fake_exit)
+        server.servers.deregister = hanging_deregister  # type: ignore[method-assign]
+        serving = asyncio.create_task(server.serve())
+        await (await _connect_when_listening(port, serving)).close()
+        server._on_signal()
+        await asyncio.wait_for(exited.wait(), 0.2 + msrv.server.SHUTDOWN_GRACE + 2)
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(scenario())
+    assert exits == [1]
+    assert "shutdown not done after 3s (at: deregistering); exiting now" in caplog.text
