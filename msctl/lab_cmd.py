@@ -22,6 +22,7 @@ from msctl.lab import STATE_FILE, Lab, read_state
 from msctl.lab_demo import Demo, DemoFailedError
 from msctl.lab_view import read_view
 from msctl.options import DEFAULT_LAB_DIR, LAB_DIR_ENV
+from msctl.tables import printable
 
 CONTROL_TIMEOUT = 20.0
 
@@ -224,12 +225,31 @@ def lab_demo(redis_url: str | None, namespace: str) -> None:
 
 
 async def _demo(lab: Lab) -> None:
+    demo = Demo(lab)
     try:
         await lab.start()
         if lab.embedded is not None:
             click.echo(f"embedded Redis ({lab.embedded.kind}) at {lab.url}")
         else:
             click.echo(f"Redis at {lab.url}, namespace {lab.namespace}")
-        await Demo(lab).run()
+        await demo.run()
+    except TimeoutError:
+        _show_logs(lab)
+        raise DemoFailedError(demo.step, "a child did not stop in time") from None
+    except (DemoFailedError, ChildError):
+        _show_logs(lab)
+        raise
     finally:
         await lab.stop()
+
+
+def _show_logs(lab: Lab, lines: int = 15) -> None:
+    """The last log lines of every child, on stderr, so that a failed demo says why."""
+    children = [(m.server_id, m.child) for m in lab.members]
+    if lab.swarm is not None:
+        children.append(("agents", lab.swarm))
+    for name, child in children:
+        if child.lines:
+            click.echo(f"--- last lines of {name} ---", err=True)
+            for line in child.lines[-lines:]:
+                click.echo(printable(line, limit=None), err=True)

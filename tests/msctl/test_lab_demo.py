@@ -64,3 +64,20 @@ def test_demo_reports_the_failed_step_and_exits_1():
     done = run_demo("--redis-url", "redis://127.0.0.1:1/0")
     assert done.returncode == 1
     assert done.stderr.startswith("Error: demo failed")
+
+
+def test_a_failed_demo_shows_the_last_log_lines_of_each_child(capsys):
+    """A failed demo says why: each child's last lines go to stderr, escaped."""
+    from types import SimpleNamespace
+
+    from msctl.lab_cmd import _show_logs
+
+    server = SimpleNamespace(server_id="ms1", child=SimpleNamespace(lines=["a", "b\x1b[2J", "c"]))
+    quiet = SimpleNamespace(server_id="ms2", child=SimpleNamespace(lines=[]))
+    swarm = SimpleNamespace(lines=[f"swarm {i}" for i in range(40)])
+    _show_logs(SimpleNamespace(members=[server, quiet], swarm=swarm), lines=2)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "--- last lines of ms1 ---", "b\\x1b[2J", "c",
+        "--- last lines of agents ---", "swarm 38", "swarm 39",
+    ]  # fmt: skip
