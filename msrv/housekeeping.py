@@ -55,13 +55,15 @@ class Housekeeping:
     async def write_last_seen(self) -> None:
         """The last_seen of the hosts heard from since it was last written, at most once per
         last_seen_interval each (spread over the ticks, as sessions started at different
-        times)."""
+        times). A write that finds a newer session of the host changes nothing and hangs up on
+        nobody: its agent is most likely moving there (make-before-break) and closes this
+        session itself once the new one is ready; hanging up first would cut it off
+        mid-move. A session left behind is ended by the periodic re-assert."""
         interval = self.ctx.settings.last_seen_interval
         due = [s for s in self.ctx.table.started() if s.last_seen_due(interval)]
         if not due:
             return
         results = await self.ctx.registry.touch([s.mark_seen() for s in due])
-        for session, result in zip(due, results, strict=True):
-            if result == Write.SUPERSEDED:
-                logger.info("%s superseded by a newer session elsewhere", session)
-                session.supersede()
+        moved = sum(result == Write.SUPERSEDED for result in results)
+        if moved:
+            logger.debug("%s: %d hosts have a newer session elsewhere", self.name, moved)

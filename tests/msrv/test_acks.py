@@ -91,3 +91,28 @@ def test_an_ack_names_the_list_when_two_pushes_share_a_version(
             await f.wait_hosts(lambda hosts: hosts[0].ms_list == ("a", "b", "c"))
 
     asyncio.run(scenario())
+
+
+def test_a_last_seen_write_never_cuts_off_an_agent_in_the_middle_of_a_move(
+    redis_url: str, namespace: str
+) -> None:
+    """An agent moving make-before-break has its new session registered a moment before it
+    closes the old one; the old server's last_seen write must not hang up on it meanwhile."""
+
+    async def scenario() -> None:
+        async with fleet(
+            redis_url, namespace, servers=2, server_options=("--last-seen-interval", "0.2")
+        ) as f:
+            old = await f.connect(0)
+            await old.startup("mover")
+            old.keepalive(0.1)  # heard from, so its last_seen is due every 0.2 s
+            new = await f.connect(1)
+            await new.startup("mover")  # the newer session: registered on ms2
+            for _ in range(5):  # past two housekeeping ticks (every 2 s) of ms1
+                await asyncio.sleep(1.0)
+                assert await old.sync() == [], "ms1 hung up on the moving agent"
+            assert not old.closed.is_set()
+            (host,) = await f.hosts()
+            assert host.server == "ms2"
+
+    asyncio.run(scenario())
