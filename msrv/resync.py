@@ -75,6 +75,7 @@ class Resync:
         self.table = table
         self.available = True  # Redis answers (the subscriber is connected)
         self.regressed = False  # Redis holds less than the settings applied
+        self._subscribed_once = False
         self._wake = asyncio.Event()
         self._settings_request: bool | None = None  # None: none; else whether after an event
         self._dirty_zones: set[str] = set()
@@ -186,6 +187,9 @@ class Resync:
         await self.reassert()
         if not self.available:
             logger.info("%s: Redis is back; resynchronised", self.name)
+        elif not self._subscribed_once:
+            logger.info("%s: subscribed to events; in step with Redis", self.name)
+        self._subscribed_once = True
         self.available = True
 
     async def reassert(self) -> None:

@@ -103,6 +103,10 @@ def test_a_last_seen_write_never_cuts_off_an_agent_in_the_middle_of_a_move(
         async with fleet(
             redis_url, namespace, servers=2, server_options=("--last-seen-interval", "0.2")
         ) as f:
+            # the first resync re-asserts served hosts (and would end a superseded session,
+            # as the 30 s re-assert does): start after it
+            for server in f.servers:
+                await server.wait_for("subscribed to events; in step with Redis")
             old = await f.connect(0)
             await old.startup("mover")
             old.keepalive(0.1)  # heard from, so its last_seen is due every 0.2 s
