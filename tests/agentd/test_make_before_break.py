@@ -59,30 +59,32 @@ class Scripted:
             writer.close()
 
 
-async def failback(tmp_path: Path, preferred: Scripted) -> tuple[Agent, Scripted]:
+async def failback(
+    tmp_path: Path, preferred: Scripted
+) -> tuple[Agent, asyncio.Task[None], Scripted]:
     """An agent on the second entry of its list (the first is down), then the first is up."""
     current = Scripted(free_port())
     await current.listen()
     path = write_properties(tmp_path, "hv0", f"{preferred.address},{current.address}@static")
     path.write_text(path.read_text() + "connect.timeout=1\n")
     agent = Agent(AgentSettings.from_properties(path))
-    agent.task = asyncio.create_task(agent.run())  # type: ignore[attr-defined]
+    task = asyncio.create_task(agent.run())
     await asyncio.wait_for(current.startups.wait(), 5)
     await preferred.listen()
     await asyncio.wait_for(preferred.startups.wait(), CHECK_INTERVAL * 3)
-    return agent, current
+    return agent, task, current
 
 
 @pytest.mark.timeout(30)
 def test_the_old_session_closes_only_after_the_new_one_is_ready(tmp_path: Path) -> None:
     async def scenario() -> None:
         preferred = Scripted(free_port(), delay=0.3)  # a slow startup: the window is visible
-        agent, current = await failback(tmp_path, preferred)
+        agent, task, current = await failback(tmp_path, preferred)
         await asyncio.wait_for(current.ended.wait(), 5)
         assert preferred.ready_at and current.ended_at[0] >= preferred.ready_at[0]
         assert agent.server is not None and str(agent.server) == preferred.address
         agent.stop()
-        await agent.task  # type: ignore[attr-defined]
+        await task
         await preferred.close()
         await current.close()
 
@@ -95,12 +97,12 @@ def test_a_preferred_server_that_never_completes_the_startup_is_not_taken(
 ) -> None:
     async def scenario() -> None:
         preferred = Scripted(free_port(), mute=True)
-        agent, current = await failback(tmp_path, preferred)
+        agent, task, current = await failback(tmp_path, preferred)
         await asyncio.sleep(2.5)  # past the connect timeout (1 s) and another check
         assert current.ended_at == []  # the old session was never closed
         assert agent.server is not None and str(agent.server) == current.address
         agent.stop()
-        await agent.task  # type: ignore[attr-defined]
+        await task
         await preferred.close()
         await current.close()
 
