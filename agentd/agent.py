@@ -15,7 +15,9 @@ from agentd.checker import PreferredChecker
 from agentd.config import AgentSettings
 from agentd.failover import EveryServerRefusedError, connect_with_failover
 from agentd.host_file import HostFile
+from agentd.keystore import KeystoreState
 from agentd.link import ConnectFailedError, Link
+from agentd.trust import RENEW_CHECK_EVERY, AgentTrust
 from common.addresses import Address, parse_address_list
 from common.errors import ValidationError
 from common.hostlist import HostList, format_host_value
@@ -46,6 +48,7 @@ class Agent:
         # of a line per agent.
         self.losses: collections.Counter[str] | None = None
         self._last_attempt = 0  # stamp of the last connection attempt (ms, strictly increasing)
+        self.trust = AgentTrust(settings.path, settings.guid, settings.token, self.label)
 
     # ---- state seen by the checker, the swarm and tests
     @property
@@ -71,6 +74,7 @@ class Agent:
         EveryServerRefusedError when every server of a pass refused the agent for good."""
         self._spawn(self._session_loop(), "session")
         self._spawn(PreferredChecker(self).run(), "checker")
+        self._spawn(self._renewal_loop(), "renewal")
         await self._stopping.wait()
         for task in list(self._tasks):
             task.cancel()
@@ -125,6 +129,7 @@ class Agent:
             self.startup_message(address),
             self.settings.connect_timeout,
             self.label,
+            self.trust.context,
         )
 
     def _adopt(self, link: Link, replacing: Link | None) -> bool:
@@ -139,7 +144,9 @@ class Agent:
         return True
 
     async def _serve(self, link: Link) -> None:
-        reason = await link.run(self._on_ms_list)
+        await self._renew_if_due(link)
+        reason = await link.run(self._on_ms_list, self.trust.renewed)
+        self.trust.renewing = False
         if self.link is link and not self._stopping.is_set():
             if self.losses is not None:
                 self.losses[f"{link.address}: {reason}"] += 1
@@ -147,6 +154,12 @@ class Agent:
                 logger.warning("%s: lost server %s: %s", self.label, link.address, reason)
 
     async def _session_loop(self) -> None:
+        if self.trust.keystore.state() is KeystoreState.NONE:
+            try:
+                await self._enroll()
+            except EveryServerRefusedError as exc:
+                self._give_up(exc)
+                return
         lost: Address | None = None
         while True:
             if self.link is None or self.link.closed:
@@ -174,6 +187,36 @@ class Agent:
             endpoint=self.endpoint,
             label=self.label,
         )
+
+    async def _enroll(self) -> None:
+        """Get a certificate with the join token, through the list as a connection would."""
+        settings = self.settings
+
+        async def enroll_at(address: Address) -> None:
+            await self.trust.enroll_at(address, settings.port, settings.connect_timeout)
+
+        await connect_with_failover(
+            self.host_list.addresses,
+            enroll_at,
+            settings.backoff,
+            endpoint=self.endpoint,
+            label=self.label,
+        )
+
+    async def _renew_if_due(self, link: Link) -> None:
+        """Renew the certificate over `link` when less than a third of its validity is left."""
+        if self.trust.renewal_due():
+            logger.info(
+                "%s: certificate expires %s; renewing", self.label, self.trust.keystore.expires()
+            )
+            await link.send(self.trust.renewal_request())
+
+    async def _renewal_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_CHECK_EVERY)
+            link = self.link
+            if link is not None and not link.closed:
+                await self._renew_if_due(link)
 
     def _give_up(self, cause: EveryServerRefusedError) -> None:
         """Stop, and have `run` raise `cause`: an expected end, so no traceback is logged."""

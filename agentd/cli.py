@@ -18,6 +18,7 @@ from agentd.swarm import QUIET_ABOVE, Swarm, SwarmSpec, load_agents, raise_open_
 from common.errors import PropertiesError, Rejected, ValidationError
 from common.hostlist import format_host_value, parse_host_value
 from common.logs import log_config
+from common.tokens import parse_token
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,10 @@ def run_command(path: Path) -> None:
     """Run one agent until SIGTERM or SIGINT."""
     try:
         settings = AgentSettings.from_properties(path)
+        agent = Agent(settings)
+        agent.trust.state()  # a broken keystore, or neither a certificate nor a token: exit 2
     except PropertiesError as exc:
         raise Rejected(str(exc)) from None
-    agent = Agent(settings)
     logger.info(
         "%s: starting (guid %s, host=%s)",
         agent.label,
@@ -93,6 +95,12 @@ def run_command(path: Path) -> None:
     metavar="KEY=VALUE",
     help="another key for new properties files (repeatable), e.g. failover.backoff.max=2",
 )
+@click.option(
+    "--token",
+    default=None,
+    envvar="AGENTD_TOKEN",
+    help="join token for agents not enrolled yet (one token with uses for all) [env AGENTD_TOKEN]",
+)
 def swarm_command(
     count: int,
     directory: Path,
@@ -102,6 +110,7 @@ def swarm_command(
     host_type: str,
     check_interval: int | None,
     extra: tuple[str, ...],
+    token: str | None,
 ) -> None:
     """Run COUNT agents in this process until SIGTERM or SIGINT."""
     pairs = []
@@ -115,8 +124,15 @@ def swarm_command(
             parse_host_value(host)
         except ValidationError as exc:
             raise Rejected(f"--host: {exc}") from None
+    if token is not None:
+        try:
+            parse_token(token)
+        except ValidationError as exc:
+            raise Rejected(f"--token: {exc}") from None
     limit = raise_open_file_limit(count * 3 + 256)
-    spec = SwarmSpec(count, directory, host, zone, cluster, host_type, check_interval, tuple(pairs))
+    spec = SwarmSpec(
+        count, directory, host, zone, cluster, host_type, check_interval, tuple(pairs), token
+    )
     try:
         agents = load_agents(spec)
     except PropertiesError as exc:

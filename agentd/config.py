@@ -13,6 +13,7 @@ from common.fields import word_fault
 from common.hostlist import HostList, parse_host_value
 from common.properties import AgentProperties, remove_stale_temp_files
 from common.retry import Backoff
+from common.tokens import JoinToken, parse_token
 
 # Keys of agent.properties this daemon reads; every other key is kept untouched.
 HOST = "host"
@@ -26,6 +27,7 @@ CHECK_INTERVAL = "host.lb.check.interval"
 CONNECT_TIMEOUT = "connect.timeout"
 BACKOFF_INITIAL = "failover.backoff.initial"
 BACKOFF_MAX = "failover.backoff.max"
+TOKEN = "token"  # a join token, until the agent has enrolled (then the line is removed)
 
 DEFAULT_TYPE = "routing"
 DEFAULT_ZONE = "default"
@@ -48,6 +50,7 @@ class AgentSettings:
     connect_timeout: float
     backoff_initial: float
     backoff_max: float
+    token: JoinToken | None = None
 
     @property
     def backoff(self) -> Backoff:
@@ -110,6 +113,13 @@ class AgentSettings:
         if port > 65535:
             raise fail(PORT, f"{port} is out of range 1-65535")
         override = props.get(CHECK_INTERVAL)
+        token = None
+        raw_token = props.get(TOKEN)
+        if raw_token:
+            try:
+                token = parse_token(raw_token)
+            except ValidationError as exc:
+                raise PropertiesError(f"{props.where(TOKEN)}: {exc}") from None
         return cls(
             path=props.path,
             host_list=host_list,
@@ -125,4 +135,5 @@ class AgentSettings:
             connect_timeout=number(CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, 0.1),
             backoff_initial=number(BACKOFF_INITIAL, DEFAULT_BACKOFF_INITIAL, 0.01),
             backoff_max=number(BACKOFF_MAX, DEFAULT_BACKOFF_MAX, 0.01),
+            token=token,
         )

@@ -22,7 +22,14 @@ Enrollment, in the order that makes it crash-safe:
    the folder. That rename is the commit point: before it there is no `agent.key`, so a crash
    at any moment leaves NONE (and the pending key for the next attempt); after it all three
    files are in place. A keystore is never half written.
-Renewal (a later step) replaces a COMPLETE keystore and needs its own order.
+Renewal replaces the key and certificate of a COMPLETE keystore, in this order:
+1. `next_key()`: reuse `agent.key.next` if an earlier renewal left one, else make one there
+   (atomically, 0600). The caller sends `csr_pem(next key, guid)` over its session.
+2. `complete_renewal(...)` checks the certificate (for the next key and the guid, issued by
+   ca.crt), writes `agent.crt` atomically, then renames `agent.key.next` to `agent.key` and
+   fsyncs the folder. Between the two, agent.crt holds the next key's public key: `state()`
+   finds that and finishes the rename, so a crash at any moment leaves a complete keystore
+   (the old pair, or the new one).
 
 Key material is never logged or printed; errors name files, never their contents.
 """
@@ -52,6 +59,7 @@ KEY_FILE = "agent.key"
 CERT_FILE = "agent.crt"
 CA_FILE = "ca.crt"
 PENDING_SUFFIX = ".pending"
+NEXT_SUFFIX = ".next"
 KEY_MODE = 0o600
 
 
@@ -78,6 +86,7 @@ class Keystore:
         self.cert_path = folder / CERT_FILE
         self.ca_path = folder / CA_FILE
         self.pending_path = folder / (KEY_FILE + PENDING_SUFFIX)
+        self.next_path = folder / (KEY_FILE + NEXT_SUFFIX)
 
     def paths(self) -> tuple[Path, Path, Path]:
         """(certfile, keyfile, cafile), as `ssl.SSLContext` takes them."""
@@ -90,6 +99,8 @@ class Keystore:
         key = _read_key(self.key_path)
         certificate = _read_certificate(self.cert_path)
         ca = _read_certificate(self.ca_path)
+        if not _same_key(certificate, key) and self._finish_renewal(certificate):
+            key = _read_key(self.key_path)
         if not _same_key(certificate, key):
             raise PropertiesError(
                 f"{self.cert_path}: its public key is not the one of {self.key_path}"
@@ -132,6 +143,45 @@ class Keystore:
             guid,
             certificate.not_valid_after_utc.isoformat(),
         )
+
+    def _finish_renewal(self, certificate: x509.Certificate) -> bool:
+        """A renewal that wrote agent.crt and stopped before renaming its key: finish it."""
+        if not self.next_path.exists() or not _same_key(certificate, _read_key(self.next_path)):
+            return False
+        os.replace(self.next_path, self.key_path)
+        fsync_folder(self.folder)
+        logger.info("%s: finished a renewal that was interrupted", self.key_path)
+        return True
+
+    def next_key(self) -> ec.EllipticCurvePrivateKey:
+        """The key of the renewal under way: the one an interrupted renewal left in
+        agent.key.next, or a new one written there (atomically, mode 0600)."""
+        remove_stale_temp_files(self.next_path)
+        if self.next_path.exists():
+            try:
+                return _read_key(self.next_path)
+            except PropertiesError as exc:
+                logger.warning("%s; making a new key", exc)
+        key = new_key()
+        atomic_write(self.next_path, key_pem(key), mode=KEY_MODE)
+        return key
+
+    def complete_renewal(self, guid: str, certificate_pem: bytes) -> datetime.datetime:
+        """Check the renewed certificate against the next key, `guid` and ca.crt, then write
+        agent.crt and, last, rename agent.key.next to agent.key. Raises CertificateRejected with
+        nothing written. Returns the new certificate's expiry."""
+        key = _read_key(self.next_path)
+        ca_pem = _read(self.ca_path)
+        certificate, _ = _check_enrolled(
+            guid, key, certificate_pem, ca_pem, fingerprint(x509.load_pem_x509_certificate(ca_pem))
+        )
+        atomic_write(self.cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+        os.replace(self.next_path, self.key_path)
+        fsync_folder(self.folder)
+        return certificate.not_valid_after_utc
+
+    def expires(self) -> datetime.datetime:
+        return _read_certificate(self.cert_path).not_valid_after_utc
 
     def renewal_due(self, now: datetime.datetime) -> bool:
         """Whether less than a third of agent.crt's validity remains at `now` (aware, UTC)."""

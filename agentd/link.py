@@ -1,4 +1,4 @@
-"""One TCP session from an agent to one management server.
+"""One TLS session from an agent to one management server.
 
 `Link.open` dials with a bounded timeout and completes a real startup (`startup` -> `ready`);
 `Link.run` then reads messages, answers pings, sends its own, and ends when the server goes
@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
 from common import protocol
 from common.addresses import Address
 from common.errors import LbError, ProtocolError
-from common.protocol import Ack, Error, Message, MsList, Ping, Pong, Ready, Startup
+from common.protocol import Ack, Error, Message, MsList, Ping, Pong, Ready, Renewed, Startup
+from common.tls import server_hostname
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class ConnectFailedError(LbError):
 
 
 MsListHandler = Callable[["Link", MsList], Awaitable[None]]
+RenewedHandler = Callable[[Renewed], None]
 
 
 class Link:
@@ -66,13 +69,19 @@ class Link:
         startup: Startup,
         connect_timeout: float,
         label: str,
+        tls: ssl.SSLContext,
     ) -> Link:
-        """Dial and complete the startup within `connect_timeout` seconds."""
+        """Dial, verify the server (its CA, and its certificate against the dialled host), and
+        complete the startup within `connect_timeout` seconds."""
         host, port = address.endpoint(default_port)
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, limit=protocol.READER_LIMIT
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=server_hostname(host),
+                    limit=protocol.READER_LIMIT,
                 )
                 try:
                     writer.write(protocol.encode(startup))
@@ -83,6 +92,10 @@ class Link:
                     raise
         except TimeoutError:
             raise ConnectFailedError(address, f"no answer within {connect_timeout:g}s") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailedError(address, f"server not trusted: {exc.verify_message}") from None
+        except ssl.SSLError as exc:
+            raise ConnectFailedError(address, f"TLS: {exc.reason or exc}") from None
         except OSError as exc:
             raise ConnectFailedError(address, exc.strerror or str(exc)) from None
         except ProtocolError as exc:
@@ -134,7 +147,7 @@ class Link:
                 self._pinger.cancel()
             self._writer.close()  # the read loop sees the end at once
 
-    async def run(self, on_ms_list: MsListHandler) -> str:
+    async def run(self, on_ms_list: MsListHandler, on_renewed: RenewedHandler) -> str:
         """Serve the session until it ends; returns why it ended.
 
         The read loop is the only task; pings and the silence check are timer callbacks, so a
@@ -142,7 +155,7 @@ class Link:
         self._pinged_at = asyncio.get_running_loop().time()
         self._schedule_ping()
         try:
-            reason = await self._read_loop(on_ms_list)
+            reason = await self._read_loop(on_ms_list, on_renewed)
             if self.closed:  # closed first (by the agent, or silence): the loop saw its own EOF
                 reason = self._ended
         finally:
@@ -151,7 +164,7 @@ class Link:
             await self._writer.wait_closed()
         return reason
 
-    async def _read_loop(self, on_ms_list: MsListHandler) -> str:
+    async def _read_loop(self, on_ms_list: MsListHandler, on_renewed: RenewedHandler) -> str:
         while True:
             try:
                 message = await protocol.read_message(self._reader)
@@ -166,6 +179,8 @@ class Link:
                 await on_ms_list(self, message)
             elif isinstance(message, Ping):
                 await self.send(Pong(message.seq))
+            elif isinstance(message, Renewed):
+                on_renewed(message)
             elif isinstance(message, Error):
                 return f"server error {message.code}: {message.message}"
             elif not isinstance(message, Pong):

@@ -16,9 +16,10 @@ from agentd import config
 from agentd.agent import Agent
 from agentd.config import AgentSettings
 from agentd.failover import EveryServerRefusedError
+from agentd.keystore import Keystore
 from common.errors import PropertiesError
 from common.gc_pacer import GcPacer
-from common.properties import AgentProperties
+from common.properties import AgentProperties, update_properties
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class SwarmSpec:
     host_type: str = config.DEFAULT_TYPE
     check_interval: int | None = None
     extra: tuple[tuple[str, str], ...] = ()  # more keys for new files
+    token: str | None = None  # join token for agents that have no certificate yet
 
 
 def raise_open_file_limit(wanted: int) -> int:
@@ -54,6 +56,11 @@ def prepare_properties(spec: SwarmSpec, index: int) -> Path:
     folder = spec.directory / f"agent-{index:04d}"
     path = folder / "agent.properties"
     if path.exists():
+        if spec.token is not None and not Keystore(folder).key_path.exists():
+            try:
+                update_properties(path, {config.TOKEN: spec.token})
+            except OSError as exc:
+                raise PropertiesError(f"{path}: cannot write: {exc.strerror or exc}") from None
         return path
     if spec.host is None:
         raise PropertiesError(f"{path}: missing, and no --host given to create it")
@@ -68,6 +75,8 @@ def prepare_properties(spec: SwarmSpec, index: int) -> Path:
         props.set(config.CHECK_INTERVAL, str(spec.check_interval))
     for key, value in spec.extra:
         props.set(key, value)
+    if spec.token is not None:
+        props.set(config.TOKEN, spec.token)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         props.save()
@@ -77,8 +86,13 @@ def prepare_properties(spec: SwarmSpec, index: int) -> Path:
 
 
 def load_agents(spec: SwarmSpec) -> list[Agent]:
+    """The swarm's agents; PropertiesError for a bad file, a broken keystore, or an agent with
+    neither a certificate nor a token."""
     paths = [prepare_properties(spec, i) for i in range(1, spec.count + 1)]
-    return [Agent(AgentSettings.from_properties(p)) for p in paths]
+    agents = [Agent(AgentSettings.from_properties(p)) for p in paths]
+    for agent in agents:
+        agent.trust.state()
+    return agents
 
 
 def summary(agents: list[Agent]) -> str:

@@ -34,9 +34,11 @@ local function leave_zone(zone_set, id, channel, event)
 end
 """
 
-# KEYS: guid map, id counter. ARGV: guid.
-# Returns {id, 1 if the guid was new}: a new guid takes the next id (none is burned or reused).
+# KEYS: guid map, id counter, revoked certificates. ARGV: guid, the session's certificate serial.
+# Returns {id, 1 if the guid was new}: a new guid takes the next id (none is burned or reused);
+# {-1, 0} when the certificate is revoked (nothing written).
 HOST_ID = """
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return {-1, 0} end
 local id = redis.call('HGET', KEYS[1], ARGV[1])
 if id then
   if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(id) then
@@ -112,22 +114,45 @@ redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[2])))
 return 1
 """
 
-# KEYS: host hash, guid map, liveness key of the host's server, the host's zone set.
-# ARGV: id, zone and server (as read before), events channel, hosts.changed event of the zone.
-# Returns {status, detail}: missing; moved (zone or server changed since they were read: read
-# again); busy (connected to a live server: detail = server); removed.
+# KEYS: host hash, guid map, liveness key of the host's server, the host's zone set, the
+#       certificates issued to the host's guid, revoked certificates.
+# ARGV: id, zone and server (as read before), events channel, hosts.changed event of the zone,
+#       guid (as read before), hosts.revoked event of the guid, now (Unix seconds).
+# Returns {status, detail}: missing; moved (guid, zone or server changed since they were read:
+# read again); busy (connected to a live server: detail = server); removed (detail = how many
+# certificates were revoked). Removing revokes: every certificate issued to the guid moves into
+# the revoked hash (unless the guid now maps to another host id, whose certificates they are),
+# and `hosts.revoked` is published. Revoked entries past their expiry are dropped (TLS refuses
+# an expired certificate anyway).
 REMOVE_HOST = (
     _ZONE
     + """
 local fields = redis.call('HMGET', KEYS[1], 'guid', 'zone', 'state', 'server')
 if not fields[1] then return {'missing', ''} end
-if (fields[2] or '') ~= ARGV[2] or (fields[4] or '') ~= ARGV[3] then return {'moved', ''} end
+if fields[1] ~= ARGV[6] or (fields[2] or '') ~= ARGV[2] or (fields[4] or '') ~= ARGV[3] then
+  return {'moved', ''}
+end
 if fields[3] == 'connected' and redis.call('EXISTS', KEYS[3]) == 1 then
   return {'busy', fields[4]}
 end
-if redis.call('HGET', KEYS[2], fields[1]) == ARGV[1] then redis.call('HDEL', KEYS[2], fields[1]) end
+local owner = redis.call('HGET', KEYS[2], fields[1])
+if owner == ARGV[1] then redis.call('HDEL', KEYS[2], fields[1]) end
 redis.call('DEL', KEYS[1])
 leave_zone(KEYS[4], ARGV[1], ARGV[4], ARGV[5])
-return {'removed', ''}
+local revoked = 0
+if not owner or owner == ARGV[1] then
+  local issued = redis.call('HGETALL', KEYS[5])
+  for i = 1, #issued, 2 do redis.call('HSET', KEYS[6], issued[i], issued[i + 1]) end
+  redis.call('DEL', KEYS[5])
+  revoked = #issued / 2
+  redis.call('PUBLISH', ARGV[4], ARGV[7])
+end
+local now = tonumber(ARGV[8])
+local all = redis.call('HGETALL', KEYS[6])
+for i = 1, #all, 2 do
+  local expires = tonumber(all[i + 1])
+  if expires and expires <= now then redis.call('HDEL', KEYS[6], all[i]) end
+end
+return {'removed', tostring(revoked)}
 """
 )

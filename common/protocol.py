@@ -38,6 +38,11 @@ class MessageType(enum.StrEnum):
     PING = "ping"
     PONG = "pong"
     ERROR = "error"
+    CA = "ca"
+    ENROLL = "enroll"
+    ENROLLED = "enrolled"
+    RENEW = "renew"
+    RENEWED = "renewed"
 
 
 class ErrorCode(enum.StrEnum):
@@ -50,6 +55,11 @@ class ErrorCode(enum.StrEnum):
     SHUTTING_DOWN = "shutting_down"
     STARTUP_TIMEOUT = "startup_timeout"  # the connection sent no startup in time
     INTERNAL = "internal"  # the server failed on this session's work; retryable
+    NO_CERTIFICATE = "no_certificate"  # a connection without a client certificate may only enroll
+    WRONG_HOST = "wrong_host"  # a startup for a guid other than its certificate's
+    REVOKED = "revoked"  # the certificate was revoked (`msctl hosts remove`)
+    BAD_TOKEN = "bad_token"  # unknown, expired, used-up or revoked join token, or a wrong secret
+    BAD_CSR = "bad_csr"
 
 
 @dataclass(frozen=True)
@@ -123,10 +133,72 @@ class Error:
     retryable: bool = False
 
 
-Message = Startup | Ready | MsList | Ack | Ping | Pong | Error
+@dataclass(frozen=True)
+class Ca:
+    """Server -> agent, first on a connection without a client certificate: the CA certificate
+    (PEM), public, so that an agent holding only a join token can pin it against the token's
+    fingerprint before it opens a verified connection and sends the token's secret."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CA
+    certificate: str
+
+
+@dataclass(frozen=True)
+class Enroll:
+    """Agent -> server, the only message accepted on a connection without a client
+    certificate: the join token's id and secret, and a CSR made on the host (PEM)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ENROLL
+    guid: str
+    token_id: str
+    secret: str = field(repr=False)
+    csr: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """Server -> agent: the certificate issued for the CSR (subject CN = guid) and the CA's."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ENROLLED
+    certificate: str
+    ca: str
+
+
+@dataclass(frozen=True)
+class Renew:
+    """Agent -> server on an established session: a CSR for a new key."""
+
+    TYPE: ClassVar[MessageType] = MessageType.RENEW
+    csr: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Renewed:
+    TYPE: ClassVar[MessageType] = MessageType.RENEWED
+    certificate: str
+    ca: str
+
+
+Message = (
+    Startup | Ready | MsList | Ack | Ping | Pong | Error | Ca | Enroll | Enrolled | Renew | Renewed
+)
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
-    cls.TYPE: cls for cls in (Startup, Ready, MsList, Ack, Ping, Pong, Error)
+    cls.TYPE: cls
+    for cls in (
+        Startup,
+        Ready,
+        MsList,
+        Ack,
+        Ping,
+        Pong,
+        Error,
+        Ca,
+        Enroll,
+        Enrolled,
+        Renew,
+        Renewed,
+    )
 }
 
 
@@ -239,7 +311,17 @@ def _check_startup(message: Any) -> None:
                 raise ValidationError(f"{name}: {ascii(entry)[:60]} is not an address") from None
 
 
-_CHECKS: dict[type[Message], typing.Callable[[Any], None]] = {Startup: _check_startup}
+def _check_enroll(message: Any) -> None:
+    assert isinstance(message, Enroll)
+    check_word("guid", message.guid, required=True)
+    if len(message.token_id) > 64 or len(message.secret) > 64:
+        raise ValidationError("token: id or secret too long")
+
+
+_CHECKS: dict[type[Message], typing.Callable[[Any], None]] = {
+    Startup: _check_startup,
+    Enroll: _check_enroll,
+}
 
 
 def decode(line: bytes) -> Message | UnknownMessage:

@@ -26,6 +26,7 @@ from common.protocol import (
     encode,
     read_message,
 )
+from common.tls import PeerCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class Connection:
         *,
         send_buffer_limit: int,
         startup_timeout: float,
+        certificate: PeerCertificate | None = None,
     ) -> None:
         self.reader = reader
+        self.certificate = certificate  # the client's verified certificate (None: enroll only)
         self.writer = writer
         self.send_buffer_limit = send_buffer_limit
         host, port = writer.get_extra_info("peername", ("?", "?"))[:2]

@@ -12,6 +12,7 @@ from msrv.registry import HostRegistry
 from msrv.resync import Resync
 from msrv.session_log import SessionLog
 from msrv.table import SessionTable
+from msrv.trust import ServerTrust
 
 if TYPE_CHECKING:
     from msrv.lifecycle import HostSession
@@ -25,6 +26,11 @@ class ServerContext:
     balancer: Balancer
     resync: Resync
     summary: SessionLog
+    trust: ServerTrust
+
+    def validity_days(self) -> float:
+        """ca.framework.cert.validity.period: the lifetime of the certificates issued now."""
+        return self.balancer.effective(None).cert_validity_days
 
     def live_window(self) -> float:
         """How recent a connected host's last_seen must be for its session to count as live:

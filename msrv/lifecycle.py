@@ -40,6 +40,8 @@ from common.errors import LbError, ProtocolError
 from common.protocol import (
     PROTOCOL_VERSION,
     Ack,
+    Enroll,
+    Enrolled,
     Error,
     ErrorCode,
     MessageType,
@@ -47,10 +49,13 @@ from common.protocol import (
     Ping,
     Pong,
     Ready,
+    Renew,
+    Renewed,
     Startup,
     encode,
 )
 from common.records import HostRecord, HostState
+from common.tls import PeerCertificate
 from msrv.balancer import push_due
 from msrv.connection import Connection, Handler, Refused
 from msrv.context import ServerContext
@@ -77,6 +82,7 @@ class HostSession:
         self.in_flight: list[Push] = []  # pushed, not acked, oldest first
         self.pending_since = 0.0  # loop time of the last push
         self.superseded = False
+        self.enrolled = False
         self.seen_written = conn.heard  # when last_seen was last written
         self._told_limit: float | None = None  # silence limit from what the agent was told
         self._handlers: dict[MessageType, Handler] = {
@@ -85,7 +91,11 @@ class HostSession:
             MessageType.PING: self.on_ping,
             MessageType.PONG: self.on_pong,
             MessageType.ERROR: self.on_error,
+            MessageType.RENEW: self.on_renew,
         }
+        if conn.certificate is None:  # no client certificate: enrollment only
+            self._handlers = {kind: self._no_certificate for kind in self._handlers}
+            self._handlers[MessageType.ENROLL] = self.on_enroll
 
     # -- what the table and the balancer see ---------------------------------------------------
 
@@ -123,6 +133,8 @@ class HostSession:
 
     async def run(self) -> None:
         self.ctx.table.open(self)
+        if self.conn.certificate is None:
+            self.conn.send(self.ctx.trust.ca_message)
         try:
             await self.conn.serve(self._handlers, self.silence_limit, self.__str__)
         finally:
@@ -148,9 +160,19 @@ class HostSession:
                 ErrorCode.UNSUPPORTED_PROTOCOL,
                 f"protocol {message.protocol} not supported; this server speaks {PROTOCOL_VERSION}",
             )
+        certificate = self.conn.certificate
+        assert certificate is not None  # a connection without one only enrolls
+        if message.guid != certificate.guid:
+            logger.warning(
+                "%s: startup for guid %s refused: its certificate is for guid %s",
+                self,
+                message.guid,
+                certificate.guid,
+            )
+            self._refuse(ErrorCode.WRONG_HOST, "the startup's guid is not the certificate's", False)
         if not self.ctx.resync.available or self.ctx.table.closed:
             self._refuse(ErrorCode.UNAVAILABLE, "server cannot register hosts now; retry", True)
-        started = await self._register(message)
+        started = await self._register(message, certificate)
         record = started.record
         await self.ctx.balancer.ranks.catch_up(
             record.zone, record.id, ranked=record.ranked, rank=started.rank, count=started.count
@@ -166,7 +188,7 @@ class HostSession:
             self.ctx.summary.note("new")
         self._serve(record)
 
-    async def _register(self, message: Startup) -> Started:
+    async def _register(self, message: Startup, certificate: PeerCertificate) -> Started:
         settings = self.ctx.balancer.effective(message.cluster)
         record = HostRecord(
             id=0,  # the registry finds or takes the guid's id
@@ -185,6 +207,8 @@ class HostSession:
             ping_timeout=settings.ping_timeout,
             last_seen=time.time(),
             attempt=message.attempt,
+            cert_serial=certificate.serial,
+            cert_expires=certificate.expires,
         )
         self.conn.starting(True)
         try:
@@ -195,6 +219,14 @@ class HostSession:
             self._refuse(ErrorCode.BAD_MESSAGE, str(exc), False)
         finally:
             self.conn.starting(False)
+        if started.revoked:
+            logger.warning(
+                "%s: startup of guid %s refused: certificate %s is revoked",
+                self,
+                message.guid,
+                certificate.serial,
+            )
+            self._refuse(ErrorCode.REVOKED, "this host's certificate is revoked", False)
         if started.stale:
             logger.info(
                 "%s: startup of guid %s refused: the host has a newer live session "
@@ -288,6 +320,50 @@ class HostSession:
             return
         if written == Write.SUPERSEDED:
             self.supersede()
+
+    # -- certificates ----------------------------------------------------------------------------
+
+    async def _no_certificate(self, message: object) -> None:
+        logger.info("%s: no client certificate, and not an enrollment; refused", self)
+        self._refuse(
+            ErrorCode.NO_CERTIFICATE,
+            "a client certificate from this deployment's CA is needed; enroll with a join token",
+            False,
+        )
+
+    async def on_enroll(self, message: Enroll) -> None:
+        if self.enrolled:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "one enrollment per connection")
+        if not self.ctx.resync.available:
+            self._refuse(ErrorCode.UNAVAILABLE, "server cannot enroll hosts now; retry", True)
+        try:
+            certificate, ca = await self.ctx.trust.enroll(
+                message.guid,
+                message.token_id,
+                message.secret,
+                message.csr,
+                self.ctx.validity_days(),
+                self.conn.peer,
+            )
+        except RedisError as exc:
+            self._refuse(ErrorCode.UNAVAILABLE, f"registry unavailable: {exc}", True)
+        self.enrolled = True
+        self.conn.send(Enrolled(certificate, ca))
+
+    async def on_renew(self, message: Renew) -> None:
+        certificate = self.conn.certificate
+        if self.record is None or certificate is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "renew before startup")
+        try:
+            renewed, ca = await self.ctx.trust.renew(
+                certificate, message.csr, self.ctx.validity_days(), self.conn.peer
+            )
+        except RedisError as exc:
+            logger.info("%s: renewal not done (%s); the agent asks again", self, exc)
+            return
+        except Refused:
+            return  # logged; the session goes on and the agent asks again later
+        self.conn.send(Renewed(renewed, ca))
 
     # -- heartbeats ------------------------------------------------------------------------------
 

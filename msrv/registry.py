@@ -49,13 +49,15 @@ _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options build
 class Started:
     """A session's record as registered, whether its guid was new, and its zone as the
     registration saw it: the host's rank (ranked hosts; others rank last) and the zone's size.
-    `stale`: refused, the host has a live session of a newer attempt; nothing was written."""
+    `stale`: refused, the host has a live session of a newer attempt; nothing was written.
+    `revoked`: refused, the session's certificate is revoked; nothing was written."""
 
     record: HostRecord
     new: bool
     rank: int
     count: int
     stale: bool = False
+    revoked: bool = False
 
 
 @dataclass
@@ -82,10 +84,14 @@ class HostRegistry:
         then its record and zone; a host that moved zone then leaves its old one. `record.id`
         is ignored. A startup older than the host's live session (connected, last_seen within
         `live_for` seconds) is refused: `stale`, nothing written."""
-        id_keys = [self.keys.host_ids_by_guid, self.keys.host_id_counter]
+        id_keys = [self.keys.host_ids_by_guid, self.keys.host_id_counter, self.keys.revoked]
         host_id, new = await self.writes.call(
-            lambda pipe: self._host_id(keys=id_keys, args=[record.guid], client=pipe)
+            lambda pipe: self._host_id(
+                keys=id_keys, args=[record.guid, record.cert_serial], client=pipe
+            )
         )
+        if int(host_id) < 0:
+            return Started(record, False, 0, 0, revoked=True)
         record = replace(record, id=int(host_id))
         keys = [self.keys.host(record.id), self.keys.zone_hosts(record.zone), self.keys.zones]
         args: list[str | int] = [

@@ -36,6 +36,7 @@ from msrv.resync import Resync
 from msrv.session_log import SessionLog
 from msrv.subscriber import Subscriber, retry_policy
 from msrv.table import SessionTable
+from msrv.trust import HandshakeFailedError, ServerTrust
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Server:
             balancer,
             Resync(settings.server_id, store, balancer, registry, table),
             SessionLog(settings.server_id, lambda: len(table)),
+            ServerTrust(self.redis, self.keys, settings.server_id),
         )
         self.servers = ServerRegistry(
             self.redis, self.keys, settings.server_id, settings.advertise, settings.liveness_ttl
@@ -188,6 +190,7 @@ class Server:
         async for attempt in retry_policy(f"{self.name} startup", cap=5.0):
             with attempt:
                 await self.ctx.resync.load()
+                await self.ctx.trust.load(self.settings.advertise, self.ctx.validity_days())
                 await self.servers.register(self.ctx.balancer.snapshot.version)
 
     def _subscriber(self) -> Subscriber:
@@ -215,11 +218,20 @@ class Server:
         self.tasks.add(task)
         try:
             settings = self.settings
+            try:
+                certificate = await self.ctx.trust.handshake(writer, settings.startup_timeout)
+            except HandshakeFailedError as exc:
+                host, port = writer.get_extra_info("peername", ("?", "?"))[:2]
+                logger.info("%s: agent from %s:%s refused: %s", self.name, host, port, exc)
+                self.ctx.summary.note("refused")
+                writer.transport.abort()
+                return
             conn = Connection(
                 reader,
                 writer,
                 send_buffer_limit=settings.send_buffer_limit,
                 startup_timeout=settings.startup_timeout,
+                certificate=certificate,
             )
             await HostSession(self.ctx, conn).run()
         finally:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from click.testing import CliRunner, Result
 
+from common.ca import CertificateAuthority
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
 from common.keys import Keys
 from common.records import HostRecord, load_hosts
 from tests.support.msrv_process import MsrvProcess, run_servers
+from tests.support.tls import anonymous, identity, namespace_ca
 from tests.support.wire_client import WireClient
 
 
@@ -28,6 +31,7 @@ class Fleet:
     namespace: str
     servers: list[MsrvProcess]
     clients: list[WireClient] = field(default_factory=list)
+    _ca: CertificateAuthority | None = None
 
     @property
     def keys(self) -> Keys:
@@ -53,8 +57,22 @@ class Fleet:
         """Drop pooled Redis connections (after a test restarted Redis), as a new msctl would."""
         await self.redis.connection_pool.disconnect()
 
-    async def connect(self, server: int = 0, **options: bool) -> WireClient:
-        client = await WireClient.connect("127.0.0.1", self.servers[server].port, **options)
+    async def ca(self) -> CertificateAuthority:
+        if self._ca is None:
+            self._ca = await namespace_ca(self.redis, self.namespace)
+        return self._ca
+
+    async def connect(
+        self, server: int = 0, guid: str | None = None, *, certificate: bool = True, **options: bool
+    ) -> WireClient:
+        """A TLS client of server `server` with a certificate for `guid` (a fresh guid when
+        None), or none when `certificate` is False (it may only enroll)."""
+        guid = guid or f"g-{uuid.uuid4().hex[:12]}"
+        ca = await self.ca()
+        tls = identity(ca, guid) if certificate else anonymous(ca)
+        client = await WireClient.connect(
+            "127.0.0.1", self.servers[server].port, tls, guid=guid if certificate else "", **options
+        )
         self.clients.append(client)
         return client
 

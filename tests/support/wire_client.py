@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from dataclasses import dataclass, field
 
 from common.errors import ProtocolError
@@ -41,8 +42,14 @@ class Greeting:
 
 class WireClient:
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, auto_ack: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        auto_ack: bool,
+        guid: str = "",
     ) -> None:
+        self.guid = guid  # the CN of the client certificate presented ("" if none)
         self.reader = reader
         self.writer = writer
         self.auto_ack = auto_ack
@@ -54,11 +61,26 @@ class WireClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, auto_ack: bool = True, timeout: float = 5.0
+        cls,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        *,
+        guid: str = "",
+        auto_ack: bool = True,
+        timeout: float = 5.0,
     ) -> WireClient:
+        """Dial with TLS (`tls`: a context from tests.support.tls), or in plaintext when
+        `tls` is None (an intruder: the server refuses it in the handshake)."""
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=READER_LIMIT)
-        return cls(reader, writer, auto_ack=auto_ack)
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                ssl=tls,
+                server_hostname=host if tls is not None else None,
+                limit=READER_LIMIT,
+            )
+        return cls(reader, writer, auto_ack=auto_ack, guid=guid)
 
     @property
     def ms_lists(self) -> list[MsList]:
@@ -119,7 +141,7 @@ class WireClient:
 
     async def startup(
         self,
-        guid: str,
+        guid: str | None = None,
         *,
         zone: str = "zone1",
         cluster: str = "cluster1",
@@ -130,6 +152,7 @@ class WireClient:
         dialled: str = "",
         timeout: float = 5.0,
     ) -> Greeting:
+        guid = self.guid if guid is None else guid
         startup = Startup(
             guid=guid,
             name=name or guid,

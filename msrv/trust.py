@@ -1,0 +1,166 @@
+"""The server's side of trust: its own certificate, the TLS handshake of each connection,
+enrollment with a join token and renewal over a session.
+
+At start the server loads the namespace's CA from Redis (creating it on first need) and issues
+itself a certificate (SAN = its advertised host, validity = ca.framework.cert.validity.period),
+so every start renews it. Each connection's handshake is bounded; one that fails (a plaintext
+client, a certificate of another CA, a client that never finishes) is logged with the peer's
+address and closed. A connection without a client certificate gets the CA certificate and may
+only `enroll`; everything else is refused (msrv.lifecycle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import redis.asyncio as aioredis
+from common.revocation import record_issued
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from common.addresses import parse_address
+from common.ca import CertificateAuthority, CsrError, ensure_ca, key_pem, new_key
+from common.keys import Keys
+from common.protocol import Ca, ErrorCode
+from common.tls import PeerCertificate, expires_text, serial_hex, server_context
+from common.tokens import TokenCheck, consume_token
+from msrv.connection import Refused
+
+logger = logging.getLogger(__name__)
+
+_PEM = serialization.Encoding.PEM
+
+
+class HandshakeFailedError(Exception):
+    """The TLS handshake of a connection did not complete; the message says why."""
+
+
+class ServerTrust:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, server_id: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.server_id = server_id
+        self._ca: CertificateAuthority | None = None
+        self._context: ssl.SSLContext | None = None
+        self.ca_message = Ca("")
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        if self._ca is None:
+            raise RuntimeError("trust not loaded yet")
+        return self._ca
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            raise RuntimeError("trust not loaded yet")
+        return self._context
+
+    async def load(self, advertise: str, validity_days: float) -> None:
+        """Load (or create) the CA and issue this server's certificate for `advertise`."""
+        self._ca = ca = await ensure_ca(self.redis, self.keys)
+        key = new_key()
+        host = parse_address(advertise).host
+        certificate = ca.issue_server(host, key, validity_days)
+        self._context = server_context(
+            certificate.public_bytes(_PEM), key_pem(key), ca.certificate_pem
+        )
+        self.ca_message = Ca(ca.certificate_pem.decode())
+        logger.info(
+            "msrv %s: CA %s; server certificate for %s valid until %s",
+            self.server_id,
+            ca.fingerprint,
+            host,
+            certificate.not_valid_after_utc.isoformat(timespec="seconds"),
+        )
+
+    async def handshake(
+        self, writer: asyncio.StreamWriter, timeout: float
+    ) -> PeerCertificate | None:
+        """TLS on a fresh connection, within `timeout` seconds: the client's verified
+        certificate, or None when it gave none. Raises HandshakeFailedError."""
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.start_tls(self.context)
+        except TimeoutError:
+            raise HandshakeFailedError(f"TLS handshake not done within {timeout:g}s") from None
+        except ssl.SSLError as exc:
+            raise HandshakeFailedError(f"TLS handshake failed: {exc.reason or exc}") from None
+        except (ConnectionError, OSError) as exc:
+            raise HandshakeFailedError(f"connection lost in the TLS handshake: {exc}") from None
+        try:
+            return PeerCertificate.of(writer.get_extra_info("ssl_object"))
+        except (ValueError, KeyError) as exc:
+            raise HandshakeFailedError(f"unusable client certificate: {exc}") from None
+
+    async def enroll(
+        self, guid: str, token_id: str, secret: str, csr_pem: str, validity_days: float, peer: str
+    ) -> tuple[str, str]:
+        """Use the join token once and sign the CSR for `guid`: (certificate PEM, CA PEM).
+        Raises Refused (logged with the peer address) for a token that cannot be used or a
+        CSR that cannot be signed."""
+        found = await consume_token(self.redis, self.keys, token_id, secret)
+        if found is not TokenCheck.OK:
+            reason = _TOKEN_REFUSALS[found]
+            logger.warning(
+                "msrv %s: enrollment of guid %s from %s refused: join token %s %s",
+                self.server_id,
+                guid,
+                peer,
+                token_id[:16],
+                reason,
+            )
+            raise Refused(ErrorCode.BAD_TOKEN, f"join token {reason}")
+        certificate = await self._sign(guid, csr_pem, validity_days, peer)
+        logger.info(
+            "msrv %s: enrolled guid %s from %s with join token %s; certificate %s valid until %s",
+            self.server_id,
+            guid,
+            peer,
+            token_id,
+            serial_hex(certificate.serial_number),
+            certificate.not_valid_after_utc.isoformat(timespec="seconds"),
+        )
+        return certificate.public_bytes(_PEM).decode(), self.ca.certificate_pem.decode()
+
+    async def renew(
+        self, peer_certificate: PeerCertificate, csr_pem: str, validity_days: float, peer: str
+    ) -> tuple[str, str]:
+        """A new certificate for the guid of the session's certificate (whatever the CSR asks)."""
+        certificate = await self._sign(peer_certificate.guid, csr_pem, validity_days, peer)
+        logger.info(
+            "msrv %s: renewed the certificate of guid %s (was valid until %s): %s valid until %s",
+            self.server_id,
+            peer_certificate.guid,
+            expires_text(peer_certificate.expires),
+            serial_hex(certificate.serial_number),
+            certificate.not_valid_after_utc.isoformat(timespec="seconds"),
+        )
+        return certificate.public_bytes(_PEM).decode(), self.ca.certificate_pem.decode()
+
+    async def _sign(
+        self, guid: str, csr_pem: str, validity_days: float, peer: str
+    ) -> x509.Certificate:
+        try:
+            certificate = self.ca.sign_csr(csr_pem.encode(), guid, validity_days)
+        except CsrError as exc:
+            logger.warning("msrv %s: guid %s from %s: %s", self.server_id, guid, peer, exc)
+            raise Refused(ErrorCode.BAD_CSR, str(exc)) from None
+        await record_issued(
+            self.redis,
+            self.keys,
+            guid,
+            serial_hex(certificate.serial_number),
+            certificate.not_valid_after_utc.timestamp(),
+        )
+        return certificate
+
+
+_TOKEN_REFUSALS = {
+    TokenCheck.UNKNOWN: "is unknown or expired",
+    TokenCheck.BAD_SECRET: "has another secret",
+    TokenCheck.USED_UP: "is used up",
+    TokenCheck.REVOKED: "is revoked",
+}
