@@ -22,9 +22,11 @@ from redis.exceptions import RedisError
 
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
+from common.events import EventType
 from common.gc_pacer import GcPacer
 from common.keys import Keys
 from common.protocol import READER_LIMIT, Error, ErrorCode
+from common.revocation import is_revoked
 from msrv.balancer import Balancer
 from msrv.config import ServerSettings
 from msrv.connection import Connection
@@ -199,10 +201,33 @@ class Server:
             self.events_redis,
             self.keys,
             self.name,
-            on_event=resync.on_event,
+            on_event=self._on_event,
             on_connected=self._on_connected,
             on_lost=resync.on_lost,
         )
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == EventType.HOSTS_REVOKED and isinstance(event.get("guid"), str):
+            task = asyncio.create_task(self._close_revoked(event["guid"]))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        else:
+            self.ctx.resync.on_event(event)
+
+    async def _close_revoked(self, guid: str) -> None:
+        """`msctl hosts remove` revoked the certificates of `guid`: end its sessions here."""
+        for session in list(self.ctx.table.connections()):
+            certificate = session.conn.certificate
+            if certificate is None or certificate.guid != guid:
+                continue
+            with contextlib.suppress(RedisError):
+                if await is_revoked(self.redis, self.keys, certificate.serial):
+                    logger.warning(
+                        "%s: certificate %s revoked; closing", session, certificate.serial
+                    )
+                    session.conn.hang_up(
+                        Error(ErrorCode.REVOKED, "this host's certificate is revoked")
+                    )
 
     async def _on_connected(self) -> None:
         await self.ctx.resync.on_connected()

@@ -16,7 +16,6 @@ import logging
 import ssl
 
 import redis.asyncio as aioredis
-from common.revocation import record_issued
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -24,6 +23,7 @@ from common.addresses import parse_address
 from common.ca import CertificateAuthority, CsrError, ensure_ca, key_pem, new_key
 from common.keys import Keys
 from common.protocol import Ca, ErrorCode
+from common.revocation import record_issued
 from common.tls import PeerCertificate, expires_text, serial_hex, server_context
 from common.tokens import TokenCheck, consume_token
 from msrv.connection import Refused
