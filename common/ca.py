@@ -67,6 +67,32 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
+def csr_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The EC key a CSR proves its maker holds. Raises CsrError for a CSR that is not one."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise CsrError("csr: not a PEM certificate signing request") from None
+    try:
+        valid = csr.is_signature_valid
+    except InvalidSignature:
+        valid = False
+    if not valid:
+        raise CsrError("csr: its signature does not match its key")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise CsrError("csr: the key must be an EC P-256 key")
+    return public_key
+
+
+def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     certificate: x509.Certificate
@@ -155,19 +181,7 @@ class CertificateAuthority:
     def sign_csr(self, csr_pem: bytes, guid: str, validity_days: float) -> x509.Certificate:
         """An agent certificate for `guid` (its subject CN, whatever the CSR asked), for the
         key the CSR proves it holds. Raises CsrError for a CSR that is not one."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError:
-            raise CsrError("csr: not a PEM certificate signing request") from None
-        try:
-            valid = csr.is_signature_valid
-        except InvalidSignature:
-            valid = False
-        if not valid:
-            raise CsrError("csr: its signature does not match its key")
-        public_key = csr.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise CsrError("csr: the key must be an EC P-256 key")
+        public_key = csr_key(csr_pem)
         return self._issue(guid, public_key, ExtendedKeyUsageOID.CLIENT_AUTH, validity_days, [])
 
     def to_json(self) -> str:

@@ -11,20 +11,38 @@ skip. Frozen objects that later become cyclic garbage would never be freed, so e
 `full_every` ticks it unfreezes everything first: one full pass, at a moment of its own
 choosing, bounds that leak. Objects freed by reference counting (nearly all, asyncio breaks its
 transport/protocol cycles on close) are freed at once, frozen or not.
+
+Freed is not returned: glibc keeps the memory of a burst of connections (2,000 TLS handshakes
+left a server ~100 MB larger for good) in its heap. After each pass, `malloc_trim(0)` gives the
+free pages back to the system (glibc only; elsewhere nothing is done).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
 PERIOD = 2.0  # seconds between passes over the unfrozen objects
 FULL_EVERY = 300  # passes between full ones (10 minutes)
 SLOW_PASS = 0.1  # seconds: a pass this long is logged
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    return trim
+
+
+MALLOC_TRIM = _malloc_trim()
 
 
 class GcPacer:
@@ -42,6 +60,8 @@ class GcPacer:
             gc.unfreeze()
         gc.collect()
         gc.freeze()
+        if MALLOC_TRIM is not None:
+            MALLOC_TRIM(0)
         took = time.perf_counter() - started
         if took >= SLOW_PASS:
             logger.info(

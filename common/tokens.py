@@ -141,14 +141,18 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: token hash. ARGV: secret hash. Returns a TokenCheck value; only 'ok' changes anything.
+# KEYS: token hash. ARGV: secret hash, holder ('' for none). Returns a TokenCheck value; only
+# 'ok' changes anything. A holder that already used the token uses it again for nothing.
 _CONSUME = """
 local token = redis.call('HMGET', KEYS[1], 'hash', 'uses', 'revoked')
 if not token[1] then return 'unknown' end
 if token[1] ~= ARGV[1] then return 'bad_secret' end
 if token[3] then return 'revoked' end
+local holder = 'holder:' .. ARGV[2]
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[1], holder) == 1 then return 'ok' end
 if tonumber(token[2]) <= 0 then return 'used_up' end
 redis.call('HINCRBY', KEYS[1], 'uses', -1)
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], holder, '1') end
 return 'ok'
 """
 
@@ -220,12 +224,16 @@ async def revoke_token(redis: aioredis.Redis, keys: Keys, token_id: str) -> None
 
 
 async def consume_token(
-    redis: aioredis.Redis, keys: Keys, token_id: str, secret: str
+    redis: aioredis.Redis, keys: Keys, token_id: str, secret: str, holder: str = ""
 ) -> TokenCheck:
     """Use the token once if its secret matches and it is neither revoked nor used up, all in
-    one atomic step. The caller logs what it found (with the token id, never the secret)."""
+    one atomic step. The caller logs what it found (with the token id, never the secret).
+
+    `holder` names who uses it (an enrollment: the guid and the hash of the CSR's public key):
+    the same holder asking again (its agent retried after a lost reply or a crash, with the
+    same pending key) is not charged another use, even when no use is left."""
     if not _ID.fullmatch(token_id):
         return TokenCheck.UNKNOWN
     script = redis.register_script(_CONSUME)
-    found = await script(keys=[keys.token(token_id)], args=[_hash(secret)])
+    found = await script(keys=[keys.token(token_id)], args=[_hash(secret), holder])
     return TokenCheck(found.decode() if isinstance(found, bytes) else found)

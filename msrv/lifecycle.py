@@ -336,6 +336,7 @@ class HostSession:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "one enrollment per connection")
         if not self.ctx.resync.available:
             self._refuse(ErrorCode.UNAVAILABLE, "server cannot enroll hosts now; retry", True)
+        self.conn.starting(True)  # the startup deadline does not cut off a signing under way
         try:
             certificate, ca = await self.ctx.trust.enroll(
                 message.guid,
@@ -347,6 +348,8 @@ class HostSession:
             )
         except RedisError as exc:
             self._refuse(ErrorCode.UNAVAILABLE, f"registry unavailable: {exc}", True)
+        finally:
+            self.conn.starting(False)
         self.enrolled = True
         self.conn.send(Enrolled(certificate, ca))
 

@@ -20,7 +20,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from common.addresses import parse_address
-from common.ca import CertificateAuthority, CsrError, ensure_ca, key_pem, new_key
+from common.ca import (
+    CertificateAuthority,
+    CsrError,
+    csr_key,
+    ensure_ca,
+    key_id,
+    key_pem,
+    new_key,
+)
 from common.keys import Keys
 from common.protocol import Ca, ErrorCode
 from common.revocation import record_issued
@@ -89,7 +97,8 @@ class ServerTrust:
         except ssl.SSLError as exc:
             raise HandshakeFailedError(f"TLS handshake failed: {exc.reason or exc}") from None
         except (ConnectionError, OSError) as exc:
-            raise HandshakeFailedError(f"connection lost in the TLS handshake: {exc}") from None
+            reason = str(exc) or type(exc).__name__
+            raise HandshakeFailedError(f"connection lost in the TLS handshake: {reason}") from None
         try:
             return PeerCertificate.of(writer.get_extra_info("ssl_object"))
         except (ValueError, KeyError) as exc:
@@ -101,7 +110,14 @@ class ServerTrust:
         """Use the join token once and sign the CSR for `guid`: (certificate PEM, CA PEM).
         Raises Refused (logged with the peer address) for a token that cannot be used or a
         CSR that cannot be signed."""
-        found = await consume_token(self.redis, self.keys, token_id, secret)
+        try:
+            holder = f"{guid}:{key_id(csr_key(csr_pem.encode()))}"
+        except CsrError as exc:
+            logger.warning(
+                "msrv %s: enrollment of guid %s from %s: %s", self.server_id, guid, peer, exc
+            )
+            raise Refused(ErrorCode.BAD_CSR, str(exc)) from None
+        found = await consume_token(self.redis, self.keys, token_id, secret, holder)
         if found is not TokenCheck.OK:
             reason = _TOKEN_REFUSALS[found]
             logger.warning(

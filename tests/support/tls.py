@@ -11,16 +11,41 @@ from cryptography.hazmat.primitives import serialization
 from agentd.keystore import csr_pem
 from common.ca import CertificateAuthority, ensure_ca, key_pem, new_key
 from common.keys import Keys
-from common.tls import client_context_from_pem, enrollment_context
+from common.tls import client_context_from_pem, enrollment_context, serial_hex
 
 PEM = serialization.Encoding.PEM
 
 
-def identity(ca: CertificateAuthority, guid: str, validity_days: float = 1.0) -> ssl.SSLContext:
-    """A TLS context presenting a certificate for `guid`, trusting `ca`."""
+def identity(
+    ca: CertificateAuthority,
+    guid: str,
+    validity_days: float = 1.0,
+    *,
+    trusting: CertificateAuthority | None = None,
+) -> ssl.SSLContext:
+    """A TLS context presenting a certificate for `guid` issued by `ca`, trusting `ca` (or
+    `trusting`: a certificate of another CA shown to our servers)."""
+    return issued(ca, guid, validity_days, trusting=trusting)[0]
+
+
+def issued(
+    ca: CertificateAuthority,
+    guid: str,
+    validity_days: float = 1.0,
+    *,
+    trusting: CertificateAuthority | None = None,
+) -> tuple[ssl.SSLContext, str, float]:
+    """As `identity`, with the certificate's serial (hex) and expiry (Unix seconds)."""
     key = new_key()
     certificate = ca.sign_csr(csr_pem(key, guid), guid, validity_days)
-    return client_context_from_pem(ca.certificate_pem, certificate.public_bytes(PEM), key_pem(key))
+    context = client_context_from_pem(
+        (trusting or ca).certificate_pem, certificate.public_bytes(PEM), key_pem(key)
+    )
+    return (
+        context,
+        serial_hex(certificate.serial_number),
+        certificate.not_valid_after_utc.timestamp(),
+    )
 
 
 def anonymous(ca: CertificateAuthority) -> ssl.SSLContext:
