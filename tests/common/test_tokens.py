@@ -137,6 +137,23 @@ def test_a_token_is_single_use_by_default() -> None:
     run(work)
 
 
+def test_the_same_holder_asking_again_spends_no_other_use() -> None:
+    """An agent that retries its enrollment (a lost reply, a crash) with the same pending key."""
+
+    async def work(redis: fakeredis.FakeAsyncRedis) -> None:
+        token = parse_token((await create_token(redis, KEYS, ttl_seconds=60, uses=1))[0])
+        agent = "guid-1:" + "ab" * 32
+        assert await consume_token(redis, KEYS, token.id, token.secret, agent) == TokenCheck.OK
+        assert await consume_token(redis, KEYS, token.id, token.secret, agent) == TokenCheck.OK
+        other = "guid-2:" + "cd" * 32
+        assert await consume_token(redis, KEYS, token.id, token.secret, other) == "used_up"
+        assert await consume_token(redis, KEYS, token.id, "0" * 32, agent) == "bad_secret"
+        [info] = await list_tokens(redis, KEYS)
+        assert info.uses_left == 0
+
+    run(work)
+
+
 def test_a_token_with_n_uses_serves_n_agents() -> None:
     async def work(redis: fakeredis.FakeAsyncRedis) -> None:
         token = parse_token((await create_token(redis, KEYS, ttl_seconds=60, uses=3))[0])
