@@ -29,6 +29,7 @@ from common.ca import (
     key_pem,
     new_key,
 )
+from common.errors import LbError
 from common.keys import Keys
 from common.protocol import Ca, ErrorCode
 from common.revocation import record_issued
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 _PEM = serialization.Encoding.PEM
 
 
-class HandshakeFailedError(Exception):
+class HandshakeFailedError(LbError):
     """The TLS handshake of a connection did not complete; the message says why."""
 
 
