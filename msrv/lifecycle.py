@@ -41,7 +41,6 @@ from common.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Enroll,
-    Enrolled,
     Error,
     ErrorCode,
     MessageType,
@@ -50,7 +49,6 @@ from common.protocol import (
     Pong,
     Ready,
     Renew,
-    Renewed,
     Startup,
     encode,
 )
@@ -338,35 +336,23 @@ class HostSession:
             self._refuse(ErrorCode.UNAVAILABLE, "server cannot enroll hosts now; retry", True)
         self.conn.starting(True)  # the startup deadline does not cut off a signing under way
         try:
-            certificate, ca = await self.ctx.trust.enroll(
-                message.guid,
-                message.token_id,
-                message.secret,
-                message.csr,
-                self.ctx.validity_days(),
-                self.conn.peer,
+            enrolled = await self.ctx.trust.enroll(
+                message, self.ctx.validity_days(), self.conn.peer
             )
-        except RedisError as exc:
-            self._refuse(ErrorCode.UNAVAILABLE, f"registry unavailable: {exc}", True)
         finally:
             self.conn.starting(False)
         self.enrolled = True
-        self.conn.send(Enrolled(certificate, ca))
+        self.conn.send(enrolled)
 
     async def on_renew(self, message: Renew) -> None:
         certificate = self.conn.certificate
         if self.record is None or certificate is None:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "renew before startup")
-        try:
-            renewed, ca = await self.ctx.trust.renew(
-                certificate, message.csr, self.ctx.validity_days(), self.conn.peer
-            )
-        except RedisError as exc:
-            logger.info("%s: renewal not done (%s); the agent asks again", self, exc)
-            return
-        except Refused:
-            return  # logged; the session goes on and the agent asks again later
-        self.conn.send(Renewed(renewed, ca))
+        renewed = await self.ctx.trust.renew(
+            certificate, message.csr, self.ctx.validity_days(), str(self)
+        )
+        if renewed is not None:
+            self.conn.send(renewed)
 
     # -- heartbeats ------------------------------------------------------------------------------
 

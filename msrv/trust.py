@@ -18,6 +18,7 @@ import ssl
 import redis.asyncio as aioredis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from redis.exceptions import RedisError
 
 from common.addresses import parse_address
 from common.ca import (
@@ -31,7 +32,7 @@ from common.ca import (
 )
 from common.errors import LbError
 from common.keys import Keys
-from common.protocol import Ca, ErrorCode
+from common.protocol import Ca, Enroll, Enrolled, ErrorCode, Renewed
 from common.revocation import record_issued
 from common.tls import PeerCertificate, expires_text, serial_hex, server_context
 from common.tokens import TokenCheck, consume_token
@@ -105,57 +106,68 @@ class ServerTrust:
         except (ValueError, KeyError) as exc:
             raise HandshakeFailedError(f"unusable client certificate: {exc}") from None
 
-    async def enroll(
-        self, guid: str, token_id: str, secret: str, csr_pem: str, validity_days: float, peer: str
-    ) -> tuple[str, str]:
-        """Use the join token once and sign the CSR for `guid`: (certificate PEM, CA PEM).
-        Raises Refused (logged with the peer address) for a token that cannot be used or a
-        CSR that cannot be signed."""
+    async def enroll(self, request: Enroll, validity_days: float, peer: str) -> Enrolled:
+        """Use the join token once and sign the CSR for the request's guid. Raises Refused
+        (logged with the peer address) for a token that cannot be used, a CSR that cannot be
+        signed, or Redis unreachable (retryable)."""
+        guid = request.guid
         try:
-            holder = f"{guid}:{key_id(csr_key(csr_pem.encode()))}"
+            holder = f"{guid}:{key_id(csr_key(request.csr.encode()))}"
         except CsrError as exc:
             logger.warning(
                 "msrv %s: enrollment of guid %s from %s: %s", self.server_id, guid, peer, exc
             )
             raise Refused(ErrorCode.BAD_CSR, str(exc)) from None
-        found = await consume_token(self.redis, self.keys, token_id, secret, holder)
-        if found is not TokenCheck.OK:
-            reason = _TOKEN_REFUSALS[found]
-            logger.warning(
-                "msrv %s: enrollment of guid %s from %s refused: join token %s %s",
-                self.server_id,
-                guid,
-                peer,
-                token_id[:16],
-                reason,
+        try:
+            found = await consume_token(
+                self.redis, self.keys, request.token_id, request.secret, holder
             )
-            raise Refused(ErrorCode.BAD_TOKEN, f"join token {reason}")
-        certificate = await self._sign(guid, csr_pem, validity_days, peer)
+            if found is not TokenCheck.OK:
+                reason = _TOKEN_REFUSALS[found]
+                logger.warning(
+                    "msrv %s: enrollment of guid %s from %s refused: join token %s %s",
+                    self.server_id,
+                    guid,
+                    peer,
+                    request.token_id[:16],
+                    reason,
+                )
+                raise Refused(ErrorCode.BAD_TOKEN, f"join token {reason}")
+            certificate = await self._sign(guid, request.csr, validity_days, peer)
+        except RedisError as exc:
+            raise Refused(
+                ErrorCode.UNAVAILABLE, f"registry unavailable: {exc}", retryable=True
+            ) from None
         logger.info(
             "msrv %s: enrolled guid %s from %s with join token %s; certificate %s valid until %s",
             self.server_id,
             guid,
             peer,
-            token_id,
+            request.token_id,
             serial_hex(certificate.serial_number),
             certificate.not_valid_after_utc.isoformat(timespec="seconds"),
         )
-        return certificate.public_bytes(_PEM).decode(), self.ca.certificate_pem.decode()
+        return Enrolled(certificate.public_bytes(_PEM).decode(), self.ca.certificate_pem.decode())
 
     async def renew(
-        self, peer_certificate: PeerCertificate, csr_pem: str, validity_days: float, peer: str
-    ) -> tuple[str, str]:
-        """A new certificate for the guid of the session's certificate (whatever the CSR asks)."""
-        certificate = await self._sign(peer_certificate.guid, csr_pem, validity_days, peer)
+        self, peer_certificate: PeerCertificate, csr_pem: str, validity_days: float, who: str
+    ) -> Renewed | None:
+        """A new certificate for the guid of the session's certificate (whatever the CSR asks);
+        None when it cannot be done now (logged: the session goes on, the agent asks again)."""
+        try:
+            certificate = await self._sign(peer_certificate.guid, csr_pem, validity_days, who)
+        except (Refused, RedisError) as exc:
+            logger.info("%s: renewal not done (%s); the agent asks again later", who, exc)
+            return None
         logger.info(
-            "msrv %s: renewed the certificate of guid %s (was valid until %s): %s valid until %s",
-            self.server_id,
+            "%s: renewed the certificate of guid %s (was valid until %s): %s valid until %s",
+            who,
             peer_certificate.guid,
             expires_text(peer_certificate.expires),
             serial_hex(certificate.serial_number),
             certificate.not_valid_after_utc.isoformat(timespec="seconds"),
         )
-        return certificate.public_bytes(_PEM).decode(), self.ca.certificate_pem.decode()
+        return Renewed(certificate.public_bytes(_PEM).decode(), self.ca.certificate_pem.decode())
 
     async def _sign(
         self, guid: str, csr_pem: str, validity_days: float, peer: str
