@@ -138,14 +138,20 @@ class Link:
             self._pinger.cancel()
             self._schedule_ping()
 
-    def close(self, reason: str = "closed by the agent") -> None:
-        """End the session; `run` returns `reason` (the first one given)."""
+    def close(self, reason: str = "closed by the agent", *, abort: bool = False) -> None:
+        """End the session; `run` returns `reason` (the first one given). A close is a TLS
+        close_notify, answered by a live server within a round trip; `abort` drops the
+        connection at once instead, for a server that answers nothing (whose TLS shutdown would
+        hold the read loop, and the socket, for the transport's 30 s shutdown timeout)."""
         if not self._closed.is_set():
             self._closed.set()
             self._ended = reason
             if self._pinger is not None:
                 self._pinger.cancel()
-            self._writer.close()  # the read loop sees the end at once
+            if abort:
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
 
     async def run(self, on_ms_list: MsListHandler, on_renewed: RenewedHandler) -> str:
         """Serve the session until it ends; returns why it ended.
@@ -196,7 +202,7 @@ class Link:
         deadline = max(self.ping_interval, 1) * max(self.ping_timeout, 1)
         silent = time.monotonic() - self._last_heard
         if silent > deadline:
-            self.close(f"server silent for {silent:.1f}s")
+            self.close(f"server silent for {silent:.1f}s", abort=True)
             return
         if self._writer.is_closing():  # lost: the read loop is ending the session
             return
