@@ -79,10 +79,15 @@ up() {
     done
     for i in $(seq "$servers"); do wait_port "ms$i" "$subnet.$((10 + i))" 8250; done
     ip netns exec "$prefix-redis" "$bin/msctl" config set host "$list" --redis-url "$url"
+    # one join token for the lab's agents: each enrolls with it at start (a use each)
+    local token
+    token=$(ip netns exec "$prefix-redis" "$bin/msctl" token create --uses "$agents" --ttl 1h \
+        --redis-url "$url")
     for i in $(seq "$agents"); do
         add_host "ag$i" "$subnet.$((100 + i))"
         mkdir -p "$dir/ag$i"
-        printf 'host=%s\nname=ag%s\nzone=zone1\n' "$list" "$i" >"$dir/ag$i/agent.properties"
+        (umask 077 && printf 'host=%s\nname=ag%s\nzone=zone1\ntoken=%s\n' "$list" "$i" "$token" \
+            >"$dir/ag$i/agent.properties")
         run_in "ag$i" "$dir/ag$i.log" "$bin/agentd" run --properties "$dir/ag$i/agent.properties"
     done
     echo "netns-lab: up; redis $url, servers $list, $agents agents; logs in $dir"

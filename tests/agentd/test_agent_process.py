@@ -11,6 +11,7 @@ from common.configstore import ConfigStore
 from common.keys import Keys
 from common.records import load_hosts
 from tests.support.agents import host_value, start_agent
+from tests.support.keystores import namespace_ca
 from tests.support.msrv_process import run_servers
 
 CHECK = "indirect.agent.lb.check.interval"
@@ -51,9 +52,12 @@ def test_roundrobin_example_end_to_end(redis_url, namespace, tmp_path):
         async with run_servers(3, redis_url, namespace) as servers:
             a, b, c = (s.address for s in servers)
             await set_config(redis_url, namespace, host=f"{a},{b},{c}", algorithm="roundrobin")
+            ca = await namespace_ca(redis_url, namespace)
             agents = []
             for i in range(3):  # one at a time, so their ids (and ranks) follow this order
-                agents.append(await start_agent(tmp_path / f"a{i}", f"hv{i}", f"{a},{b},{c}"))
+                agents.append(
+                    await start_agent(tmp_path / f"a{i}", f"hv{i}", f"{a},{b},{c}", ca=ca)
+                )
             expected = [f"{a},{b},{c}", f"{b},{c},{a}", f"{c},{a},{b}"]
             for agent, order in zip(agents, expected, strict=True):
                 await agent.wait_connected(order.split(",")[0])
@@ -78,7 +82,8 @@ def test_failover_on_sigkill_and_failback_with_the_check_interval(redis_url, nam
         async with run_servers(3, redis_url, namespace) as servers:
             a, b, c = (s.address for s in servers)
             await set_config(redis_url, namespace, host=f"{a},{b},{c}", check="2")
-            agent = await start_agent(tmp_path / "a", "hv0", f"{a},{b},{c}")
+            ca = await namespace_ca(redis_url, namespace)
+            agent = await start_agent(tmp_path / "a", "hv0", f"{a},{b},{c}", ca=ca)
             await agent.wait_connected(a)
             killed = time.monotonic()
             await servers[0].stop(signal.SIGKILL)
@@ -104,7 +109,8 @@ def test_a_silent_server_is_left_after_ping_interval_times_timeout(redis_url, na
             a, b = (s.address for s in servers)
             await set_config(redis_url, namespace, host=f"{a},{b}", **{"ping.interval": "1"})
             await set_config(redis_url, namespace, **{"ping.timeout": "2"})
-            agent = await start_agent(tmp_path / "a", "hv0", f"{a},{b}")
+            ca = await namespace_ca(redis_url, namespace)
+            agent = await start_agent(tmp_path / "a", "hv0", f"{a},{b}", ca=ca)
             await agent.wait_connected(a)
             stopped = time.monotonic()
             servers[0].process.send_signal(signal.SIGSTOP)
@@ -129,10 +135,11 @@ def test_own_check_interval_overrides_and_zero_stops_the_checker(redis_url, name
         async with run_servers(2, redis_url, namespace) as servers:
             a, b = (s.address for s in servers)
             await set_config(redis_url, namespace, host=f"{a},{b}", check="1")
+            ca = await namespace_ca(redis_url, namespace)
             own = await start_agent(
-                tmp_path / "own", "own", f"{a},{b}", **{"host.lb.check.interval": "600"}
+                tmp_path / "own", "own", f"{a},{b}", ca=ca, **{"host.lb.check.interval": "600"}
             )
-            follower = await start_agent(tmp_path / "follower", "follower", f"{a},{b}")
+            follower = await start_agent(tmp_path / "follower", "follower", f"{a},{b}", ca=ca)
             await servers[0].stop(signal.SIGKILL)
             await own.wait_connected(b)
             await follower.wait_connected(b)

@@ -22,7 +22,7 @@ def test_a_list_that_cannot_be_saved_is_not_acked_and_is_saved_when_space_return
         ) as f:
             (server,) = f.servers
             await f.set("host", server.address)
-            agent = await start_agent(disk / "a1", "a1", server.address)
+            agent = await start_agent(disk / "a1", "a1", server.address, ca=await f.ca())
             await agent.wait_for(r"persisted host=")
             old = agent.path.read_bytes()
             filler = fill(disk)
@@ -32,7 +32,12 @@ def test_a_list_that_cannot_be_saved_is_not_acked_and_is_saved_when_space_return
             errors = agent.matching(r"ERROR .*cannot save host=")
             assert len(errors) == 1 and "No space left on device" in errors[0], agent.tail()
             assert agent.path.read_bytes() == old
-            assert [p.name for p in agent.path.parent.iterdir()] == ["agent.properties"]
+            assert sorted(p.name for p in agent.path.parent.iterdir()) == [
+                "agent.crt",
+                "agent.key",
+                "agent.properties",
+                "ca.crt",
+            ]  # no temporary file left
             (host,) = await f.hosts()
             assert host.ms_list == (server.address,)  # what the agent holds, not what was sent
             filler.unlink()

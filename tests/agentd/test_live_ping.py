@@ -1,6 +1,7 @@
 """Live ping settings, agent side: an `ms_list` carries ping.interval and ping.timeout, and the
 agent takes them for its session (next ping, silence limit) and acks naming the list as pushed.
-An in-process agent against a scripted server on a real socket."""
+An in-process agent against a scripted server on a real socket (TLS, with certificates from a CA
+made for the test)."""
 
 import asyncio
 import contextlib
@@ -11,8 +12,10 @@ import pytest
 from agentd.agent import Agent
 from agentd.config import AgentSettings
 from common import protocol
+from common.ca import CertificateAuthority
 from common.protocol import Ack, MsList, Ping, Ready
 from tests.support.agents import host_value, write_properties
+from tests.support.keystores import server_tls
 
 
 class ScriptedServer:
@@ -52,10 +55,14 @@ class ScriptedServer:
 @contextlib.asynccontextmanager
 async def running(tmp_path, push):
     """A scripted server pushing `push(its address)`, and an agent whose list is that address."""
+    ca = CertificateAuthority.create("live-ping")
     server = ScriptedServer(push)
-    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0, limit=protocol.READER_LIMIT)
+    listener = await asyncio.start_server(
+        server.serve, "127.0.0.1", 0, limit=protocol.READER_LIMIT, ssl=server_tls(ca)
+    )
     server.address = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-    agent = Agent(AgentSettings.from_properties(write_properties(tmp_path, "hv0", server.address)))
+    path = write_properties(tmp_path, "hv0", server.address, ca=ca)
+    agent = Agent(AgentSettings.from_properties(path))
     task = asyncio.create_task(agent.run())
     try:
         yield server, agent

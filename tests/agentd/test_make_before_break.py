@@ -1,6 +1,7 @@
 """Failback is make-before-break: the agent closes its old session only after the new one is
 ready, and keeps it when the preferred server accepts the connection but never completes the
-startup. A real agent between two scripted servers on real sockets."""
+startup. A real agent between two scripted servers on real sockets (TLS, with certificates from a
+CA made for the test)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import pytest
 from agentd.agent import Agent
 from agentd.config import AgentSettings
 from common import protocol
+from common.ca import CertificateAuthority
 from common.protocol import Ready
 from tests.support.agents import write_properties
+from tests.support.keystores import server_tls
 from tests.support.redis_server import free_port
+
+CA = CertificateAuthority.create("make-before-break")
 
 CHECK_INTERVAL = 1
 
@@ -33,7 +38,9 @@ class Scripted:
         self.ended = asyncio.Event()
 
     async def listen(self) -> None:
-        self.listener = await asyncio.start_server(self.serve, "127.0.0.1", self.port)
+        self.listener = await asyncio.start_server(
+            self.serve, "127.0.0.1", self.port, ssl=server_tls(CA)
+        )
 
     async def close(self) -> None:
         self.listener.close()
@@ -65,7 +72,7 @@ async def failback(
     """An agent on the second entry of its list (the first is down), then the first is up."""
     current = Scripted(free_port())
     await current.listen()
-    path = write_properties(tmp_path, "hv0", f"{preferred.address},{current.address}@static")
+    path = write_properties(tmp_path, "hv0", f"{preferred.address},{current.address}@static", ca=CA)
     path.write_text(path.read_text() + "connect.timeout=1\n")
     agent = Agent(AgentSettings.from_properties(path))
     task = asyncio.create_task(agent.run())

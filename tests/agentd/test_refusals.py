@@ -1,6 +1,7 @@
 """Real `agentd run` and `agentd swarm` processes against tiny servers that refuse every
 startup: a refusal that retrying cannot cure, from every server of a pass, stops the agent with
-exit code 2 and one line; one server that may answer later keeps it retrying."""
+exit code 2 and one line; one server that may answer later keeps it retrying. The servers
+speak TLS with a certificate from a CA made for the test, which issued the agents' keystores."""
 
 import asyncio
 import contextlib
@@ -10,15 +11,22 @@ import socket
 
 import pytest
 
-from tests.support.agents import AgentProcess, SwarmProcess, write_properties
+from common.ca import CertificateAuthority
+from tests.support.agents import AgentProcess, SwarmProcess, provision_swarm, write_properties
+from tests.support.keystores import server_tls
 
 FAST_BACKOFF = {"failover.backoff.initial": "0.05", "failover.backoff.max": "0.2"}
 FOR_GOOD = ("unsupported_protocol", "protocol 1 not supported (this server speaks 2)", False)
 FOR_NOW = ("unavailable", "server cannot register hosts now; retry", True)
 
 
+@pytest.fixture
+def ca():
+    return CertificateAuthority.create("refusals")
+
+
 @contextlib.asynccontextmanager
-async def refusing_server(code, message, retryable):
+async def refusing_server(ca, code, message, retryable):
     """Answers every startup line with an `error`, then closes; yields its address."""
     refusal = {"type": "error", "code": code, "message": message, "retryable": retryable}
 
@@ -29,7 +37,7 @@ async def refusing_server(code, message, retryable):
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0, ssl=server_tls(ca))
     try:
         yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
@@ -56,10 +64,10 @@ def error_lines(process):
 
 
 @pytest.mark.timeout(30)
-def test_every_server_refusing_for_good_stops_the_agent_with_exit_2(tmp_path):
+def test_every_server_refusing_for_good_stops_the_agent_with_exit_2(ca, tmp_path):
     async def scenario():
-        async with refusing_server(*FOR_GOOD) as a, refusing_server(*FOR_GOOD) as b:
-            path = write_properties(tmp_path / "hv0", "hv0", f"{a},{b}", **FAST_BACKOFF)
+        async with refusing_server(ca, *FOR_GOOD) as a, refusing_server(ca, *FOR_GOOD) as b:
+            path = write_properties(tmp_path / "hv0", "hv0", f"{a},{b}", ca=ca, **FAST_BACKOFF)
             agent = await AgentProcess(path, "hv0").start()
             code = await exit_code(agent, timeout=10)
         assert code == 2, agent.tail()
@@ -75,15 +83,15 @@ def test_every_server_refusing_for_good_stops_the_agent_with_exit_2(tmp_path):
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("other", ["refused for now", "unreachable"])
-def test_a_server_that_may_answer_later_keeps_the_agent_retrying(other, tmp_path):
+def test_a_server_that_may_answer_later_keeps_the_agent_retrying(other, ca, tmp_path):
     async def scenario():
         async with contextlib.AsyncExitStack() as servers:
-            a = await servers.enter_async_context(refusing_server(*FOR_GOOD))
+            a = await servers.enter_async_context(refusing_server(ca, *FOR_GOOD))
             if other == "unreachable":
                 b = closed_port()
             else:
-                b = await servers.enter_async_context(refusing_server(*FOR_NOW))
-            path = write_properties(tmp_path / "hv0", "hv0", f"{a},{b}", **FAST_BACKOFF)
+                b = await servers.enter_async_context(refusing_server(ca, *FOR_NOW))
+            path = write_properties(tmp_path / "hv0", "hv0", f"{a},{b}", ca=ca, **FAST_BACKOFF)
             agent = await AgentProcess(path, "hv0").start()
             await agent.wait_for(r"agent hv0: no server reachable \(pass 3: ", timeout=10)
             code = await agent.stop(signal.SIGTERM)
@@ -95,9 +103,10 @@ def test_a_server_that_may_answer_later_keeps_the_agent_retrying(other, tmp_path
 
 
 @pytest.mark.timeout(30)
-def test_every_server_refusing_for_good_stops_a_swarm_with_exit_2(tmp_path):
+def test_every_server_refusing_for_good_stops_a_swarm_with_exit_2(ca, tmp_path):
     async def scenario():
-        async with refusing_server(*FOR_GOOD) as a, refusing_server(*FOR_GOOD) as b:
+        async with refusing_server(ca, *FOR_GOOD) as a, refusing_server(ca, *FOR_GOOD) as b:
+            provision_swarm(tmp_path / "swarm", 3, f"{a},{b}", ca)
             swarm = SwarmProcess(tmp_path / "swarm", 3, f"{a},{b}")
             await swarm.start()
             code = await exit_code(swarm, timeout=10)

@@ -12,6 +12,7 @@ from common.keys import Keys
 from common.records import load_hosts
 from tests.agentd.test_agent_process import set_config
 from tests.support.agents import SwarmProcess, host_value, start_agent
+from tests.support.keystores import join_token, namespace_ca
 from tests.support.msrv_process import MsrvProcess, run_servers
 
 
@@ -39,7 +40,8 @@ def test_migration_to_a_new_set_of_servers(redis_url, namespace, tmp_path):
         async with run_servers(3, redis_url, namespace) as old:
             old_csv = ",".join(s.address for s in old)
             await set_config(redis_url, namespace, host=old_csv, algorithm="roundrobin")
-            swarm = SwarmProcess(tmp_path / "swarm", count, old_csv)
+            token = await join_token(redis_url, namespace, uses=count)
+            swarm = SwarmProcess(tmp_path / "swarm", count, old_csv, token=token)
             await swarm.start(ready=rf"swarm: {count}/{count} agents connected", timeout=20)
             new = [MsrvProcess(f"new{i}", redis_url, namespace, verbose=False) for i in (1, 2, 3)]
             try:
@@ -106,10 +108,12 @@ def test_all_servers_down_backs_off_then_everyone_returns(redis_url, namespace, 
                 tmp_path / "one",
                 "one",
                 csv,
+                ca=await namespace_ca(redis_url, namespace),
                 **{"failover.backoff.initial": "0.2", "failover.backoff.max": "1"},
             )
+            token = await join_token(redis_url, namespace, uses=count)
             swarm = SwarmProcess(
-                tmp_path / "swarm", count, csv, "--property", "failover.backoff.max=1"
+                tmp_path / "swarm", count, csv, "--property", "failover.backoff.max=1", token=token
             )
             await swarm.start(ready=rf"swarm: {count}/{count} agents connected", timeout=20)
             for server in servers:
@@ -138,7 +142,8 @@ def test_sigterm_closes_the_session_and_the_host_shows_disconnected(redis_url, n
     async def scenario():
         async with run_servers(1, redis_url, namespace) as servers:
             await set_config(redis_url, namespace, host=servers[0].address)
-            agent = await start_agent(tmp_path / "a", "hv", servers[0].address)
+            ca = await namespace_ca(redis_url, namespace)
+            agent = await start_agent(tmp_path / "a", "hv", servers[0].address, ca=ca)
             await wait_hosts(
                 redis_url, namespace, lambda hs: [h.state for h in hs] == ["connected"]
             )
@@ -188,7 +193,8 @@ def test_a_large_swarm_reports_lost_servers_in_summary_lines(redis_url, namespac
         async with run_servers(2, redis_url, namespace) as servers:
             a, b = (s.address for s in servers)
             await set_config(redis_url, namespace, host=f"{a},{b}", algorithm="static")
-            swarm = SwarmProcess(tmp_path / "swarm", count, f"{a},{b}")
+            token = await join_token(redis_url, namespace, uses=count)
+            swarm = SwarmProcess(tmp_path / "swarm", count, f"{a},{b}", token=token)
             await swarm.start(ready=rf"swarm: {count}/{count} agents connected \({a}={count}\)")
             try:
                 await servers[0].stop(signal.SIGKILL)
