@@ -15,6 +15,7 @@ from common.errors import ProtocolError
 class EventType(enum.StrEnum):
     CONFIG_CHANGED = "config.changed"
     HOSTS_CHANGED = "hosts.changed"
+    HOSTS_REVOKED = "hosts.revoked"
     SERVER_UP = "server.up"
     SERVER_DOWN = "server.down"
 
@@ -31,6 +32,12 @@ def config_changed(version: int, key: str, scope: str, cluster: str | None) -> s
 
 def hosts_changed(zone: str) -> str:
     return encode_event(EventType.HOSTS_CHANGED, zone=zone)
+
+
+def hosts_revoked(guid: str) -> str:
+    """The host with this guid was removed and its certificates revoked: a server holding a
+    session of it closes it."""
+    return encode_event(EventType.HOSTS_REVOKED, guid=guid)
 
 
 def decode_event(data: str | bytes) -> dict[str, Any]:

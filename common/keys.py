@@ -65,6 +65,17 @@ class Keys:
         expires with the token (EXPIREAT)."""
         return self._k("token", token_id)
 
+    # certificates issued and revoked (common.revocation)
+    def host_certificates(self, guid: str) -> str:
+        """Hash: serial (lowercase hex) -> expiry (Unix seconds) of every certificate issued
+        to one guid; moved into `revoked` when the host is removed."""
+        return self._k("certs", guid)
+
+    @property
+    def revoked(self) -> str:
+        """Hash: serial (lowercase hex) -> expiry (Unix seconds) of the revoked certificates."""
+        return self._k("revoked")
+
     @property
     def settings_epoch(self) -> str:
         """A random id created with the first settings write: a Redis that lost its data and

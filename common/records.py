@@ -1,7 +1,9 @@
 """Host and management-server records in Redis: the field layout msrv writes and msctl reads.
 
 Host `ns:host:<id>` (hash): guid, name, type, zone, cluster, state, server, session, ms_list
-(CSV), algorithm, acked_version, check_interval, last_seen (Unix seconds). `ns:hosts:by_guid`
+(CSV), algorithm, acked_version, check_interval, last_seen (Unix seconds), cert_serial and
+cert_expires (the client certificate of the host's current or last session: serial in lowercase
+hex, expiry in Unix seconds, 0 when unknown). `ns:hosts:by_guid`
 maps guid -> id, `ns:hosts:next_id` counts ids (never reused), `ns:zone:<zone>:hosts` is the
 sorted set (score = id) of the zone's ranked hosts, `ns:zones` the set of zones.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
@@ -56,6 +59,12 @@ def _number(text: str | None, default: float = 0.0) -> float:
     return value if math.isfinite(value) else default
 
 
+# HostRecord fields `msctl hosts --json` leaves out
+_PRIVATE_HOST_FIELDS = (
+    "session", "acked_version", "attempt", "ping_interval", "ping_timeout", "cert_serial",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class HostRecord:
     id: int
@@ -75,6 +84,8 @@ class HostRecord:
     ping_timeout: int = 0
     last_seen: float = 0.0
     attempt: int = 0  # the startup's attempt stamp (common.protocol.Startup)
+    cert_serial: str = ""  # lowercase hex serial of the session's client certificate
+    cert_expires: float = 0.0  # its expiry, Unix seconds (0: not known)
 
     @property
     def ranked(self) -> bool:
@@ -98,6 +109,8 @@ class HostRecord:
             "ping_timeout": str(self.ping_timeout),
             "last_seen": f"{self.last_seen:.3f}",
             "attempt": str(self.attempt),
+            "cert_serial": self.cert_serial,
+            "cert_expires": f"{self.cert_expires:.3f}",
         }
 
     @classmethod
@@ -120,14 +133,17 @@ class HostRecord:
             ping_timeout=int(_number(fields.get("ping_timeout"))),
             last_seen=_number(fields.get("last_seen")),
             attempt=int(_number(fields.get("attempt"))),
+            cert_serial=fields.get("cert_serial", ""),
+            cert_expires=_number(fields.get("cert_expires")),
         )
 
     def as_json(self) -> dict[str, Any]:
-        """The `msctl hosts --json` shape."""
+        """The `msctl hosts --json` shape: cert_expires is null when not known."""
         body = asdict(self)
-        for private in ("session", "acked_version", "attempt", "ping_interval", "ping_timeout"):
+        for private in _PRIVATE_HOST_FIELDS:
             body.pop(private)
         body["ms_list"] = list(self.ms_list)
+        body["cert_expires"] = self.cert_expires or None
         return body
 
 
@@ -220,7 +236,9 @@ class HostBusyError(LbError):
 
 async def remove_host(redis: aioredis.Redis, keys: Keys, host_id: int) -> HostRecord:
     """Retire a host: its hash, its guid mapping and its zone membership go; the zone's
-    servers recompute (roundrobin ranks move). Its id is never handed out again."""
+    servers recompute (roundrobin ranks move). Its id is never handed out again. In the same
+    atomic script its certificates are revoked (common.revocation): a server holding a session
+    of it closes it, and it can start no session with them again."""
     script = redis.register_script(host_scripts.REMOVE_HOST)
     while True:
         fields = cast(dict[str, str], await redis.hgetall(keys.host(host_id)))
@@ -233,6 +251,8 @@ async def remove_host(redis: aioredis.Redis, keys: Keys, host_id: int) -> HostRe
                 keys.host_ids_by_guid,
                 keys.server_alive(record.server or "-"),
                 keys.zone_hosts(record.zone),
+                keys.host_certificates(record.guid),
+                keys.revoked,
             ],
             args=[
                 host_id,
@@ -240,6 +260,9 @@ async def remove_host(redis: aioredis.Redis, keys: Keys, host_id: int) -> HostRe
                 record.server,
                 keys.events,
                 events.hosts_changed(record.zone),
+                record.guid,
+                events.hosts_revoked(record.guid),
+                f"{time.time():.3f}",
             ],
         )
         if status == "missing":

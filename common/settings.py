@@ -7,6 +7,7 @@ and raise ValidationError with a one-line reason naming the part at fault.
 
 from __future__ import annotations
 
+import decimal
 import difflib
 import enum
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from common import algorithms
 from common.addresses import format_address_list, parse_address_list
+from common.ca import CA_VALIDITY_DAYS
 from common.errors import UnknownSettingError, ValidationError
 
 
@@ -36,6 +38,7 @@ ALGORITHM = "indirect.agent.lb.algorithm"
 CHECK_INTERVAL = "indirect.agent.lb.check.interval"
 PING_INTERVAL = "ping.interval"
 PING_TIMEOUT = "ping.timeout"
+CERT_VALIDITY = "ca.framework.cert.validity.period"
 
 
 def _parse_host(raw: str) -> str:
@@ -57,6 +60,24 @@ def _whole_number(minimum: int, unit: str) -> Callable[[str], str]:
         if value < minimum:
             raise ValidationError(f"{value} is below the minimum of {minimum} {unit}")
         return str(value)
+
+    return parse
+
+
+def _days(maximum: int) -> Callable[[str], str]:
+    """A positive number of days, decimals allowed (`0.5`), at most `maximum`; normalised
+    without trailing zeros or exponent (`1.50` -> `1.5`, `0365` -> `365`)."""
+
+    def parse(raw: str) -> str:
+        text = raw.strip()
+        if not re.fullmatch(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)", text):
+            raise ValidationError(f"{raw!r} is not a number of days")
+        value = decimal.Decimal(text)
+        if value <= 0:
+            raise ValidationError(f"{text} is not a positive number of days")
+        if value > maximum:
+            raise ValidationError(f"{text} is above the maximum of {maximum} days (the CA's own)")
+        return format(value.normalize(), "f")
 
     return parse
 
@@ -124,6 +145,14 @@ SETTINGS: dict[str, SettingSpec] = {
             _whole_number(1, "intervals"),
             "silence (in ping intervals) after which a session is declared dead",
         ),
+        SettingSpec(
+            CERT_VALIDITY,
+            "days",
+            "365",
+            _GLOBAL,
+            _days(CA_VALIDITY_DAYS),
+            "lifetime of the agent and server certificates the CA issues (decimals allowed)",
+        ),
     )
 }
 
@@ -160,6 +189,7 @@ class EffectiveSettings:
     check_interval: int
     ping_interval: int
     ping_timeout: int
+    cert_validity_days: float = 365.0
 
     @classmethod
     def from_maps(
@@ -175,4 +205,5 @@ class EffectiveSettings:
             check_interval=int(value(CHECK_INTERVAL) or 0),
             ping_interval=int(value(PING_INTERVAL) or 5),
             ping_timeout=int(value(PING_TIMEOUT) or 3),
+            cert_validity_days=float(value(CERT_VALIDITY) or 365),
         )

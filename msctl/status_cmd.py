@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ class Fleet:
 
 
 CA_WARN_DAYS = 30
+CERT_WARN_DAYS = 30
+CERT_WARN_SHOWN = 5
 
 
 def holding_of(host: HostRecord, assignment: Assignment) -> Holding:
@@ -140,7 +143,46 @@ def _trust_warnings(fleet: Fleet) -> list[str]:
                 f"the CA certificate expires in {max(left.days, 0)} days "
                 f"({fleet.ca_expires:%Y-%m-%d})"
             )
+    expiring = _certificates_expiring(fleet, time.time())
+    if expiring is not None:
+        warnings.append(expiring)
     return warnings
+
+
+def _certificates_expiring(fleet: Fleet, now: float) -> str | None:
+    """Hosts whose certificate expires within CERT_WARN_DAYS (or has expired): an agent renews
+    its own over its session once less than a third of its validity remains, so these did not.
+    With a validity short enough that a healthy agent's certificate is that close to expiry
+    before it renews, the window shrinks to a quarter of the validity (still past the renewal
+    point): `msctl status` warns only about certificates that missed their renewal."""
+    validity = fleet.snapshot.effective().cert_validity_days
+    window = min(CERT_WARN_DAYS, validity / 4) * 86400
+    expiring = sorted(
+        (h for h in fleet.hosts if h.cert_expires and h.cert_expires < now + window),
+        key=lambda h: h.cert_expires,
+    )
+    if not expiring:
+        return None
+    shown = ", ".join(
+        f"{h.id} ({printable(h.name)}, {_utc(h.cert_expires)})" for h in expiring[:CERT_WARN_SHOWN]
+    ) + (", ..." if len(expiring) > CERT_WARN_SHOWN else "")
+    return (
+        f"{len(expiring)} hosts have a certificate that expires within {_days(window)} or has "
+        f"expired: {shown}; a connected agent renews its own once less than a third of its "
+        "validity remains, but a disconnected host cannot: start its agent before the expiry, "
+        "or retire the host (`msctl hosts remove ID`); once expired, the host must enroll again "
+        "(remove agent.key and agent.crt beside its agent.properties and give it a join token "
+        "from `msctl token create`)"
+    )
+
+
+def _utc(timestamp: float) -> str:
+    return f"{datetime.datetime.fromtimestamp(timestamp, datetime.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _days(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:.3g} days" if days >= 1 else f"{days * 24:.3g} hours"
 
 
 def _summary(fleet: Fleet) -> list[tuple[str, str]]:

@@ -122,4 +122,5 @@ def test_entries_list_every_setting_with_default_and_source(store):
         CHECK_INTERVAL: ("0", "0", Source.DEFAULT),
         "ping.interval": ("5", "5", Source.DEFAULT),
         "ping.timeout": ("3", "3", Source.DEFAULT),
+        "ca.framework.cert.validity.period": ("365", "365", Source.DEFAULT),
     }

@@ -2,6 +2,7 @@ import pytest
 
 from common.errors import UnknownSettingError, ValidationError
 from common.settings import (
+    CERT_VALIDITY,
     CHECK_INTERVAL,
     SETTINGS,
     EffectiveSettings,
@@ -11,15 +12,16 @@ from common.settings import (
 )
 
 
-def test_the_table_holds_the_five_settings_of_the_design():
+def test_the_table_holds_the_settings_of_the_design():
     assert set(SETTINGS) == {
         "host",
         "indirect.agent.lb.algorithm",
         "indirect.agent.lb.check.interval",
         "ping.interval",
         "ping.timeout",
+        "ca.framework.cert.validity.period",
     }
-    assert [SETTINGS[n].default for n in SETTINGS] == [None, "static", "0", "5", "3"]
+    assert [SETTINGS[n].default for n in SETTINGS] == [None, "static", "0", "5", "3", "365"]
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,18 @@ def test_the_table_holds_the_five_settings_of_the_design():
         (CHECK_INTERVAL, "²", "is not a whole number"),
         ("ping.interval", "0", "below the minimum of 1"),
         ("ping.timeout", "0", "below the minimum of 1"),
+        (CERT_VALIDITY, "0", "0 is not a positive number of days"),
+        (CERT_VALIDITY, "0.0", "0.0 is not a positive number of days"),
+        (CERT_VALIDITY, "-1", "-1 is not a positive number of days"),
+        (CERT_VALIDITY, "3650.5", "above the maximum of 3650 days"),
+        (CERT_VALIDITY, "1" + "0" * 400, "above the maximum of 3650 days"),
+        (CERT_VALIDITY, "abc", "'abc' is not a number of days"),
+        (CERT_VALIDITY, "nan", "'nan' is not a number of days"),
+        (CERT_VALIDITY, "inf", "'inf' is not a number of days"),
+        (CERT_VALIDITY, "1e2", "'1e2' is not a number of days"),
+        (CERT_VALIDITY, "1,5", "'1,5' is not a number of days"),
+        (CERT_VALIDITY, "²", "is not a number of days"),
+        (CERT_VALIDITY, "", "is not a number of days"),
     ],
 )
 def test_bad_values_name_the_setting_and_the_fault(name, raw, fragment):
@@ -46,6 +60,24 @@ def test_bad_values_name_the_setting_and_the_fault(name, raw, fragment):
 def test_values_are_normalised():
     assert spec_for(CHECK_INTERVAL).normalise(" 07 ") == "7"
     assert spec_for("indirect.agent.lb.algorithm").normalise(" shuffle") == "shuffle"
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("365", "365"),
+        (" 0365 ", "365"),
+        ("1.50", "1.5"),
+        ("0.5", "0.5"),
+        (".25", "0.25"),
+        ("2.", "2"),
+        ("0.001", "0.001"),
+        ("3650", "3650"),
+        ("3650.000", "3650"),
+    ],
+)
+def test_the_certificate_validity_takes_days_with_decimals(raw, stored):
+    assert spec_for(CERT_VALIDITY).normalise(raw) == stored
 
 
 def test_unknown_name_suggests_the_closest():
@@ -68,5 +100,6 @@ def test_resolve_prefers_cluster_then_global_then_default():
 
 def test_effective_settings_are_typed():
     eff = EffectiveSettings.from_maps({"host": "a,b:1", CHECK_INTERVAL: "4"}, {CHECK_INTERVAL: "2"})
-    assert eff == EffectiveSettings(("a", "b:1"), "static", 2, 5, 3)
+    assert eff == EffectiveSettings(("a", "b:1"), "static", 2, 5, 3, 365.0)
     assert EffectiveSettings.from_maps({}).host is None
+    assert EffectiveSettings.from_maps({CERT_VALIDITY: "0.5"}).cert_validity_days == 0.5

@@ -21,7 +21,7 @@ from msrv.registry import HostRegistry, ServerRegistry
 
 HOST_FIELDS = {
     "id", "guid", "name", "type", "zone", "cluster", "state", "server", "ms_list",
-    "algorithm", "check_interval", "last_seen",
+    "algorithm", "check_interval", "last_seen", "cert_expires",
 }  # fmt: skip
 SERVER_FIELDS = {"id", "address", "state", "agents", "started", "last_seen"}
 
@@ -89,7 +89,7 @@ def test_hosts_json_and_table(fleet: None, redis_url: str, namespace: str) -> No
     assert hosts[0] | {"last_seen": 0} == {
         "id": 1, "guid": "guid-kvm1", "name": "kvm1", "type": "routing", "zone": "z1",
         "cluster": "c1", "state": "connected", "server": "ms1", "ms_list": ["a", "b"],
-        "algorithm": "static", "check_interval": 0, "last_seen": 0,
+        "algorithm": "static", "check_interval": 0, "last_seen": 0, "cert_expires": None,
     }  # fmt: skip
     assert hosts[1]["state"] == "disconnected"
     table = msctl(redis_url, namespace, "hosts")
@@ -97,6 +97,22 @@ def test_hosts_json_and_table(fleet: None, redis_url: str, namespace: str) -> No
     lines = table.output.splitlines()
     assert lines[0].split()[:4] == ["ID", "NAME", "TYPE", "ZONE"]
     assert "a,b@static" in lines[1] and "connected" in lines[1]
+
+
+def test_hosts_json_shows_the_certificate_expiry(
+    fleet: None, redis_url: str, namespace: str
+) -> None:
+    """As the server writes it at startup (0, unknown: null); the serial stays out."""
+
+    async def certificate(redis: Any, keys: Keys) -> None:
+        await redis.hset(keys.host(2), mapping={"cert_serial": "1f", "cert_expires": "1700000000"})
+
+    in_redis(redis_url, namespace, certificate)
+    result = msctl(redis_url, namespace, "hosts", "--json")
+    assert result.exit_code == 0, result.output
+    hosts = json.loads(result.output)
+    assert [h["cert_expires"] for h in hosts] == [None, 1700000000.0]
+    assert "1f" not in result.output
 
 
 def test_servers_json_and_table(fleet: None, redis_url: str, namespace: str) -> None:
