@@ -28,7 +28,14 @@ from common.keys import Keys
 from common.properties import AgentProperties
 from common.records import HostRecord, load_hosts
 from common.tokens import JoinToken, parse_token
-from tests.support.agents import AgentProcess, SwarmProcess, start_agent, write_properties
+from tests.agentd.test_agent_process import set_config
+from tests.support.agents import (
+    AgentProcess,
+    SwarmProcess,
+    host_value,
+    start_agent,
+    write_properties,
+)
 from tests.support.keystores import join_token, namespace_ca, provision, token_uses_left
 from tests.support.logged_process import LoggedProcess
 from tests.support.msrv_process import MsrvProcess, run_servers
@@ -108,12 +115,15 @@ def enrollment_lines(server: MsrvProcess) -> list[str]:
 def test_an_agent_with_a_token_enrolls_and_connects(redis_url, namespace, tmp_path):
     async def scenario():
         async with run_servers(1, redis_url, namespace) as (server,):
+            # a list to push, so that the file is written again after the enrollment
+            await set_config(redis_url, namespace, host=f"{server.address},127.0.0.1:9")
             token = await join_token(redis_url, namespace, uses=1)
             folder = tmp_path / "hv0"
             agent = await start_agent(
                 folder, "hv0", server.address, token=token, **{"custom.key": "kept"}
             )
             await agent.wait_connected(server.address)
+            await agent.wait_for(r"persisted host=")
             path = agent.path
             guid = guid_of(path)
 
@@ -133,6 +143,7 @@ def test_an_agent_with_a_token_enrolls_and_connects(redis_url, namespace, tmp_pa
             assert lines[0] == "# test agent hv0"
             for kept in ("name=hv0", "zone=z1", "custom.key=kept", f"guid={guid}"):
                 assert kept in lines, text
+            assert host_value(path) == f"{server.address},127.0.0.1:9@static"
 
             assert agent.count(r"enrolled at ") == 1, agent.tail()
             assert server.count(rf"enrolled guid {guid} from 127\.0\.0\.1:\d+ ") == 1
