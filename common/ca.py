@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -171,11 +172,21 @@ class CertificateAuthority:
         return builder.sign(self.key, hashes.SHA256())
 
     def issue_server(
-        self, host: str, key: ec.EllipticCurvePrivateKey, validity_days: float
+        self,
+        host: str,
+        key: ec.EllipticCurvePrivateKey,
+        validity_days: float,
+        also: Sequence[str] = (),
     ) -> x509.Certificate:
-        """A server certificate for its advertised host (an IP address or a DNS name)."""
+        """A server certificate for its advertised host (an IP address or a DNS name), and for
+        the names in `also` (a TCP load balancer's, that agents dial to reach this server)."""
+        names = list(dict.fromkeys([host, *also]))
         return self._issue(
-            host, key.public_key(), ExtendedKeyUsageOID.SERVER_AUTH, validity_days, [_san(host)]
+            host,
+            key.public_key(),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            validity_days,
+            [_san(name) for name in names],
         )
 
     def sign_csr(self, csr_pem: bytes, guid: str, validity_days: float) -> x509.Certificate:

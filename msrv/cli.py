@@ -71,6 +71,15 @@ def cli() -> None:
     show_default=True,
     help="prefix of every key and channel [env MSRV_NAMESPACE]",
 )
+@click.option(
+    "--tls-san",
+    "tls_san",
+    envvar="MSRV_TLS_SAN",
+    multiple=True,
+    metavar="HOST[,HOST]",
+    help="more hosts for this server's certificate than the advertised one, such as a TCP "
+    "load balancer's address that passes TLS through to it (repeatable) [env MSRV_TLS_SAN]",
+)
 @seconds("--startup-timeout", "close a connection that completes no startup within this time")
 @seconds("--repush-interval", "push a list again when its agent has not acked it for this long")
 @seconds("--last-seen-interval", "how often a connected host's last_seen is written")
@@ -81,6 +90,7 @@ def serve(
     server_id: str | None,
     redis_url: str,
     namespace: str,
+    tls_san: tuple[str, ...],
     startup_timeout: float,
     repush_interval: float,
     last_seen_interval: float,
@@ -88,7 +98,9 @@ def serve(
 ) -> None:
     """Serve agents: registry, per-agent lists, live propagation of settings."""
     try:
-        settings = ServerSettings.build(listen, advertise, server_id, redis_url, namespace)
+        settings = ServerSettings.build(
+            listen, advertise, server_id, redis_url, namespace, tls_san=tls_san
+        )
         settings = dataclasses.replace(
             settings,
             startup_timeout=startup_timeout,

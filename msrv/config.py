@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.addresses import parse_address
@@ -33,6 +35,9 @@ class ServerSettings:
     # a list an agent has not acked (it could not save it) is pushed again this often
     repush_interval: float = 10.0
     send_buffer_limit: int = 1 << 20  # an agent that reads slower than this is dropped
+    # more hosts for this server's certificate than its advertised one: the address of a TCP
+    # load balancer that passes TLS through to it (agents verify the host they dial)
+    tls_san: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -42,6 +47,7 @@ class ServerSettings:
         server_id: str | None = None,
         redis_url: str = DEFAULT_REDIS_URL,
         namespace: str = DEFAULT_NAMESPACE,
+        tls_san: Sequence[str] = (),
     ) -> ServerSettings:
         """Validate the command line; the advertised address defaults to the listen one."""
         address = parse_address(listen)
@@ -62,4 +68,28 @@ class ServerSettings:
             server_id=server_id,
             redis_url=redis_url,
             namespace=check_namespace(namespace),
+            tls_san=tls_hosts(tls_san),
         )
+
+
+def tls_hosts(values: Sequence[str]) -> tuple[str, ...]:
+    """`--tls-san` values (each may be a comma-separated list): hosts, an IP address or a DNS
+    name each, without a port; IPv6 with or without brackets."""
+    hosts: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            host = item.strip().removeprefix("[").removesuffix("]")
+            if not host:
+                continue
+            if any(c.isspace() or c in "/@" for c in host) or (":" in host and not _is_ip(host)):
+                raise ValidationError(f"--tls-san {item.strip()!r}: give a host, without a port")
+            hosts.append(host)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

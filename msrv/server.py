@@ -192,7 +192,9 @@ class Server:
         async for attempt in retry_policy(f"{self.name} startup", cap=5.0):
             with attempt:
                 await self.ctx.resync.load()
-                await self.ctx.trust.load(self.settings.advertise, self.ctx.validity_days())
+                await self.ctx.trust.load(
+                    self.settings.advertise, self.ctx.validity_days(), self.settings.tls_san
+                )
                 await self.servers.register(self.ctx.balancer.snapshot.version)
 
     def _subscriber(self) -> Subscriber:

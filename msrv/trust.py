@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from cryptography import x509
@@ -68,12 +69,13 @@ class ServerTrust:
             raise RuntimeError("trust not loaded yet")
         return self._context
 
-    async def load(self, advertise: str, validity_days: float) -> None:
-        """Load (or create) the CA and issue this server's certificate for `advertise`."""
+    async def load(self, advertise: str, validity_days: float, also: Sequence[str] = ()) -> None:
+        """Load (or create) the CA and issue this server's certificate for `advertise` and the
+        hosts in `also` (`msrv serve --tls-san`)."""
         self._ca = ca = await ensure_ca(self.redis, self.keys)
         key = new_key()
         host = parse_address(advertise).host
-        certificate = ca.issue_server(host, key, validity_days)
+        certificate = ca.issue_server(host, key, validity_days, also)
         self._context = server_context(
             certificate.public_bytes(_PEM), key_pem(key), ca.certificate_pem
         )
@@ -82,7 +84,7 @@ class ServerTrust:
             "msrv %s: CA %s; server certificate for %s valid until %s",
             self.server_id,
             ca.fingerprint,
-            host,
+            ", ".join(dict.fromkeys([host, *also])),
             certificate.not_valid_after_utc.isoformat(timespec="seconds"),
         )
 

@@ -104,3 +104,43 @@ def test_the_certificates_complete_a_mutual_tls13_handshake(tmp_path: Path) -> N
         return cn
 
     assert asyncio.run(main()) == "guid-7"
+
+
+def test_a_server_certificate_is_valid_for_the_extra_hosts_given(tmp_path: Path) -> None:
+    """`msrv serve --tls-san`: agents that dial a TCP load balancer passing TLS through verify
+    the server's certificate against the balancer's address; any other host still fails."""
+    from common.tls import client_context_from_pem, server_context
+
+    ca = CertificateAuthority.create("unit")
+    server_key, agent_key = new_key(), new_key()
+    server_cert = ca.issue_server("127.0.0.1", server_key, 1, also=["127.0.0.10", "lb.example"])
+    sans = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in sans] == ["127.0.0.1", "127.0.0.10", "lb.example"]
+    pem = serialization.Encoding.PEM
+    server_ctx = server_context(
+        server_cert.public_bytes(pem), key_pem(server_key), ca.certificate_pem
+    )
+    agent_cert = ca.sign_csr(csr_for(agent_key), "guid-7", 1)
+    client_ctx = client_context_from_pem(
+        ca.certificate_pem, agent_cert.public_bytes(pem), key_pem(agent_key)
+    )
+
+    async def dial(as_host: str) -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname=as_host
+            )
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    for host in ("127.0.0.1", "127.0.0.10", "lb.example"):
+        asyncio.run(dial(host))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        asyncio.run(dial("127.0.0.11"))

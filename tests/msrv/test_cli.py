@@ -30,3 +30,16 @@ def test_settings_defaults() -> None:
     named = ServerSettings.build("[::1]:9000", advertise="ms.example:9000", server_id="ms1")
     assert (named.listen_host, named.listen_port) == ("::1", 9000)
     assert (named.advertise, named.server_id) == ("ms.example:9000", "ms1")
+
+
+def test_tls_san_takes_hosts_without_ports() -> None:
+    settings = ServerSettings.build(
+        "127.0.0.1:8250", tls_san=["127.0.0.10, lb.example", "[::1]", "lb.example"]
+    )
+    assert settings.tls_san == ("127.0.0.10", "lb.example", "::1")
+    assert ServerSettings.build("127.0.0.1:8250").tls_san == ()
+    result = CliRunner().invoke(
+        cli, ["serve", "--listen", "127.0.0.1:8250", "--tls-san", "lb.example:8250"]
+    )
+    assert result.exit_code == 2
+    assert "without a port" in result.output
