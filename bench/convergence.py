@@ -10,8 +10,12 @@ stamped when the ack arrives). The file's host= is checked against the registry 
 repetition. Between repetitions the agents move to their new first entry (make-before-break)
 and the run waits for that to settle. ping.interval is 60 s so heartbeats do not mix in.
 
+Every session is mutual TLS 1.3: the swarm's agents enroll with a join token at the start.
+
 The floor, in the same run: a minimal asyncio program (a child process, one event loop) that
-writes the same ms_list frames to N sockets, persists N agent.properties exactly the way the agent
+writes the same ms_list frames to N TLS sessions (the contexts of common.tls, EC P-256
+certificates of a CA of its own, 100 client certificates shared round robin; the handshakes are
+done before the clock starts), persists N agent.properties exactly the way the agent
 does (common.properties.update_properties: temp file, fsync, rename, folder fsync) on a 16-thread
 pool, and reads N acks; once with fsync, once with fsync made a no-op.
 
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import HostView, lab_views, on_first_entry, print_json, print_table, summary
+from benchtls import BenchLab, Identities
 from profiling import Recorder, print_self_time
 
 from agentd import config
@@ -114,7 +119,7 @@ def check_files(agents_dir: Path, views: list[HostView], host: list[str]) -> int
 async def run_agents(
     args: argparse.Namespace, workdir: Path
 ) -> tuple[int, list[dict[str, object]]]:
-    lab = Lab(workdir / "lab", servers=3, agents=args.agents, namespace="bench", port=0)
+    lab = BenchLab(workdir / "lab", servers=3, agents=args.agents, namespace="bench", port=0)
     rows: list[dict[str, object]] = []
     recorder: Recorder | None = None
     try:
@@ -170,6 +175,9 @@ async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(PERSIST_THREADS))
     accepted: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     all_in = asyncio.Event()
+    ids = Identities.fresh("floor")
+    server_tls = ids.server_context("127.0.0.1")
+    clients_tls = [ids.client(f"floor-{i:04d}") for i in range(min(count, 100))]
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append((reader, writer))
@@ -177,12 +185,14 @@ async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
             all_in.set()
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0, backlog=4096,
-                                        limit=protocol.READER_LIMIT)  # fmt: skip
+                                        limit=protocol.READER_LIMIT, ssl=server_tls)  # fmt: skip
     port = server.sockets[0].getsockname()[1]
 
-    async def agent(path: Path) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port,
-                                                       limit=protocol.READER_LIMIT)  # fmt: skip
+    async def agent(i: int, path: Path) -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, limit=protocol.READER_LIMIT,
+            ssl=clients_tls[i % len(clients_tls)], server_hostname="127.0.0.1",
+        )  # fmt: skip
         message = await protocol.read_message(reader)
         assert isinstance(message, MsList)
         value = ",".join(message.ms_list) + "@" + message.algorithm
@@ -194,7 +204,7 @@ async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
         await reader.read()  # until the server closes
         writer.close()
 
-    agents = [asyncio.create_task(agent(p)) for p in paths]
+    agents = [asyncio.create_task(agent(i, p)) for i, p in enumerate(paths)]
     await asyncio.wait_for(all_in.wait(), 120)
     frames = [
         protocol.encode(MsList(addresses[r:] + addresses[:r], "roundrobin", 0, 2, 60, 3))

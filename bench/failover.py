@@ -1,29 +1,35 @@
 """Failover and failback of real agents, side by side with HAProxy in front of the same servers
-and with a floor, in one run.
+and with a floor, in one run; every session mutual TLS 1.3.
 
 1. ours: a redis-server, 3 `msrv serve`, one `agentd swarm` of N agents (roundrobin, so a third
-   of them prefer each server; check interval T). ms1 is SIGKILLed; time until every agent that
-   was on it is registered on another server.
+   of them prefer each server; check interval T), enrolled with a join token at the start. ms1
+   is SIGKILLed; time until every agent that was on it is registered on another server.
 2. failback: ms1 starts again; time (from its readiness line) until all of those agents are back
    on it, and the new sessions it saw per 100 ms, peak against the mean over the window.
 3. HAProxy: `host` becomes HAProxy's one address (TCP mode, leastconn, health checks every
    200 ms, fall 1 rise 1, redispatch, retries 3, connect timeout 200 ms) in front of the same 3
-   servers; check interval 0. The same agents persist that one-entry list and move behind
-   HAProxy, which spreads them. The server holding the most is SIGKILLed; time until all of its
-   agents are registered on another server.
+   servers; check interval 0. HAProxy passes TLS through (it never decrypts): the agents' TLS
+   sessions end at msrv, which sees their certificates as before. An agent verifies the server's
+   certificate against the address it dials, HAProxy's, so the servers run with
+   `--tls-san 127.0.0.10` (HAProxy's host) from the start. The same agents persist that
+   one-entry list and move behind HAProxy, which spreads them. The server holding the most is
+   SIGKILLed; time until all of its agents are registered on another server.
 4. floor: 3 minimal asyncio servers (one child process each) that answer one line, and N
    minimal clients (one child process) holding the 3 addresses, a third on each; server 1 is
    SIGKILLed; each of its clients reconnects to the next address and waits for the answer; time
-   until the last one has it. No registry.
+   until the last one has it. No registry. Each connection does the same TLS handshake as ours
+   (failover_floor.py); the plaintext floor of the rounds before TLS is run too, for comparison
+   (`floor_plain`, not a target).
 
 Times of 1-3 come from the registry: each host's last_seen is stamped by the server when the
 session starts (ping.interval is 60 s, so nothing else moves it during a phase); the registry is
 also polled every 100 ms and the poll that saw the end is reported too.
 
-    .venv/bin/python bench/failover.py [--agents 3000] [--check-interval 10] [--profile DIR]
+    .venv/bin/python bench/failover.py [--agents 3000] [--check-interval 10] [--no-haproxy]
+        [--no-plain-floor] [--profile DIR]
 
 Prints a table, then one JSON line (the last line). Targets: ours <= HAProxy, ours <= 1.5 x
-floor; failback all back <= T + 2 s, peak per 100 ms <= 3 x mean.
+floor (TLS); failback all back <= T + 2 s, peak per 100 ms <= 3 x mean.
 
 This file runs 1 and 2 and puts the run together; HAProxy is in haproxy.py, the floor in
 failover_floor.py, the registry polling and the timing of a failover in failover_timing.py.
@@ -47,6 +53,7 @@ import benchlib
 import failover_floor
 import haproxy
 from benchlib import print_json, print_table
+from benchtls import BenchLab
 from failover_timing import POLL, WAIT, failover_of, moved, poll_until, settled
 from profiling import Recorder
 
@@ -62,7 +69,14 @@ ME = str(Path(__file__).resolve())
 async def run_lab(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     """Ours, failback, then the same agents behind HAProxy (unless --no-haproxy)."""
     n = args.agents
-    lab = Lab(workdir / "lab", servers=3, agents=n, namespace="bench", port=0)
+    lab = BenchLab(
+        workdir / "lab",
+        servers=3,
+        agents=n,
+        namespace="bench",
+        port=0,
+        tls_san=(haproxy.HOST,) if args.haproxy else (),
+    )
     recorder: Recorder | None = None
     result: dict[str, object] = {}
     try:
@@ -128,7 +142,10 @@ def per_100ms(arrivals: list[float]) -> dict[str, object]:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         lab = await run_lab(args, Path(tmp))
-    floor = await failover_floor.run_phase(args.agents, ME, WAIT)
+    floor = await failover_floor.run_phase(args.agents, ME, WAIT, tls=True)
+    plain = None
+    if args.plain_floor:
+        plain = await failover_floor.run_phase(args.agents, ME, WAIT, tls=False)
     ours = lab["ours"]
     fb = lab["failback"]
     result: dict[str, object] = {
@@ -138,6 +155,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         **lab,
         "floor": floor,
     }
+    if plain is not None:
+        result["floor_plain"] = plain
     ours_max = float(ours["max_s"])  # type: ignore[index]
     floor_max = float(floor["max_s"])  # type: ignore[arg-type]
     ratios: dict[str, float] = {"ours_to_floor": round(ours_max / floor_max, 2)}
@@ -157,7 +176,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 def print_result(result: dict[str, Any]) -> None:
     rows: list[list[object]] = []
-    for key in ("ours", "haproxy", "floor"):
+    for key in ("ours", "haproxy", "floor", "floor_plain"):
         if key in result:
             r = result[key]
             moved_n = r.get("agents_moved", r.get("clients_moved"))
@@ -179,19 +198,24 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=3000)
     parser.add_argument("--check-interval", type=int, default=10)
     parser.add_argument("--no-haproxy", dest="haproxy", action="store_false")
+    parser.add_argument("--no-plain-floor", dest="plain_floor", action="store_false",
+                        help="skip the plaintext floor (run for comparison only)")  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the swarm into DIR")
     parser.add_argument("--floor-server", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--floor-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--addresses", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--floor-pems", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     benchlib.raise_nofile(2 * args.agents + 1024)
     if args.floor_server is not None:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(failover_floor.floor_server(args.floor_server))
+            asyncio.run(failover_floor.floor_server(args.floor_server, args.floor_pems))
         return
     if args.floor_clients is not None:
         addresses = args.addresses.split(",")
-        asyncio.run(failover_floor.floor_clients(args.floor_clients, addresses, WAIT))
+        asyncio.run(
+            failover_floor.floor_clients(args.floor_clients, addresses, WAIT, args.floor_pems)
+        )
         return
     if args.haproxy and not haproxy.installed():
         raise SystemExit("haproxy not found: apt-get install -y haproxy, or pass --no-haproxy")

@@ -2,9 +2,12 @@
 
 `host` becomes HAProxy's one address (TCP mode, leastconn, health checks every 200 ms, fall 1
 rise 1, redispatch, retries 3, connect timeout 200 ms) in front of the same servers; check
-interval 0. The agents persist that one-entry list and move behind HAProxy, which spreads them.
-The server holding the most is SIGKILLed; the phase times until all of its agents are
-registered on another server.
+interval 0. TCP mode passes the agents' TLS through untouched (HAProxy holds no certificate and
+sees no client's); the servers' certificates must name HAProxy's host, which the agents dial:
+the lab starts them with `--tls-san HOST` (HOST below). Its health checks are plain TCP
+connects, which msrv logs as handshakes that did not complete. The agents persist that
+one-entry list and move behind HAProxy, which spreads them. The server holding the most is
+SIGKILLed; the phase times until all of its agents are registered on another server.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from failover_timing import Condition, failover_of, poll_until
 
 from msctl.embedded_redis import free_port
 from msctl.lab import Lab
+
+HOST = "127.0.0.10"  # HAProxy's frontend host (the servers' --tls-san)
 
 
 def executable() -> str:
@@ -60,10 +65,10 @@ backend servers
 
 
 class HAProxy:
-    """One haproxy process (foreground, its log in the directory) on a free port of 127.0.0.10."""
+    """One haproxy process (foreground, its log in the directory) on a free port of HOST."""
 
     def __init__(self, directory: Path, servers: list[str], agents: int) -> None:
-        self.listen = f"127.0.0.10:{free_port('127.0.0.10')}"
+        self.listen = f"{HOST}:{free_port(HOST)}"
         self.config = directory / "haproxy.cfg"
         self.config.write_text(config(self.listen, servers, 2 * agents + 1000))
         self.process = subprocess.Popen(

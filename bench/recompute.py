@@ -35,6 +35,7 @@ from msrv.registry import HostRegistry
 from msrv.resync import Resync
 from msrv.session_log import SessionLog
 from msrv.table import SessionTable
+from msrv.trust import ServerTrust
 
 ZONE = "bench"
 SERVERS = "10.0.0.1,10.0.0.2,10.0.0.3"
@@ -82,8 +83,9 @@ def context(redis: object, keys: Keys) -> ServerContext:
     registry = HostRegistry(redis, keys)  # type: ignore[arg-type]
     resync = Resync("bench", ConfigStore(redis, keys), balancer, registry, table)  # type: ignore[arg-type]
     settings = ServerSettings.build("10.0.0.1:8250")
+    trust = ServerTrust(redis, keys, "bench")  # type: ignore[arg-type]  # never loaded: no TLS here
     return ServerContext(
-        settings, table, registry, balancer, resync, SessionLog("bench", lambda: 0)
+        settings, table, registry, balancer, resync, SessionLog("bench", lambda: 0), trust
     )
 
 

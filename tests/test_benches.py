@@ -91,3 +91,22 @@ def test_convergence_bench():
 def test_scale_bench():
     result = run_bench("scale.py", "--max", "100", "--step", "50", "--window", "1")
     assert [step["agents"] for step in result["steps"]] == [0, 50, 100]
+
+
+@pytest.mark.timeout(120)
+def test_handshake_bench():
+    result = run_bench(
+        "handshake.py", "--handshakes", "20", "--repeats", "1", "--variants", "plain,msrv"
+    )
+    assert [r["variant"] for r in result["runs"]] == ["plain", "msrv"]
+    for row in result["runs"]:
+        assert row["failed"] == 0
+        figure(row, "server_ms_per_handshake")
+
+
+@pytest.mark.timeout(120)
+def test_convergence_clients_bench():
+    result = run_bench("convergence_clients.py", "--clients", "30")
+    for key in ("algorithm_switch_in_process", "check_interval_via_msctl_process"):
+        assert result[key]["clients"] == 30
+        figure(result[key], "last_s")
