@@ -68,8 +68,10 @@ def _rows(hosts: list[HostRecord], now: float) -> list[tuple[str, ...]]:
 def hosts_remove(cli: CliConfig, host_id: int) -> None:
     """Retire host ID: its record, guid and zone membership go; its zone is recomputed.
 
-    A connected host is refused: stop its agent first. Its id is never reused; the agent,
-    if started again, registers as a new host.
+    Every certificate issued to it is revoked: servers refuse it and close a session of it. A
+    connected host is refused: stop its agent first. Its id is never reused; to bring the host
+    back, delete agent.key and agent.crt beside its agent.properties and add a new join token
+    (token=): it enrolls again and registers as a new host.
     """
 
     async def work(redis: aioredis.Redis) -> HostRecord:
