@@ -58,6 +58,7 @@ from msrv.balancer import push_due
 from msrv.connection import Connection, Handler, Refused
 from msrv.context import ServerContext
 from msrv.registry import Started, Write
+from msrv.trust import REVOKED_TEXT
 from msrv.writes import BadWriteError
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class HostSession:
                 message.guid,
                 certificate.serial,
             )
-            self._refuse(ErrorCode.REVOKED, "this host's certificate is revoked", False)
+            self._refuse(ErrorCode.REVOKED, REVOKED_TEXT, False)
         if started.stale:
             logger.info(
                 "%s: startup of guid %s refused: the host has a newer live session "

@@ -38,7 +38,7 @@ from msrv.resync import Resync
 from msrv.session_log import SessionLog
 from msrv.subscriber import Subscriber, retry_policy
 from msrv.table import SessionTable
-from msrv.trust import HandshakeFailedError, ServerTrust
+from msrv.trust import REVOKED_TEXT, HandshakeFailedError, ServerTrust
 
 logger = logging.getLogger(__name__)
 
@@ -227,9 +227,7 @@ class Server:
                     logger.warning(
                         "%s: certificate %s revoked; closing", session, certificate.serial
                     )
-                    session.conn.hang_up(
-                        Error(ErrorCode.REVOKED, "this host's certificate is revoked")
-                    )
+                    session.conn.hang_up(Error(ErrorCode.REVOKED, REVOKED_TEXT))
 
     async def _on_connected(self) -> None:
         await self.ctx.resync.on_connected()

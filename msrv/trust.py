@@ -44,6 +44,13 @@ logger = logging.getLogger(__name__)
 _PEM = serialization.Encoding.PEM
 
 
+# What a host whose certificate was revoked is told (its agent prints it as it stops).
+REVOKED_TEXT = (
+    "this host's certificate is revoked (msctl hosts remove); to enroll it again, delete "
+    "agent.key and agent.crt and add a new token="
+)
+
+
 class HandshakeFailedError(LbError):
     """The TLS handshake of a connection did not complete; the message says why."""
 
