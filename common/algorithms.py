@@ -7,6 +7,7 @@ host holds is still current (`compare`). New algorithms plug in with `register`.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import random
 from collections.abc import Sequence
 from typing import Protocol
@@ -84,6 +85,24 @@ class Shuffle:
         return len(expected) == len(got) and set(expected) == set(got)
 
 
+class Rendezvous(_OrderMatters):
+    """Highest-random-weight order: each server scores `sha256(host id | server)` for this host,
+    highest first. Every server computes the same order; a host added to or removed from the zone
+    changes no other host's list; a server added becomes the first entry of about 1 / (servers)
+    of the hosts and leaves the others' first entries where they were (roundrobin re-ranks the
+    whole zone on either change)."""
+
+    name = "rendezvous"
+
+    def sort(
+        self, ms_list: Sequence[str], ordered_host_ids: Sequence[int], host_id: int
+    ) -> list[str]:
+        def weight(server: str) -> bytes:
+            return hashlib.sha256(f"{host_id}|{server}".encode()).digest()
+
+        return sorted(ms_list, key=weight, reverse=True)
+
+
 _REGISTRY: dict[str, Algorithm] = {}
 
 
@@ -121,5 +140,5 @@ def is_current(
     return get(expected_algorithm).compare(expected, got)
 
 
-for _algorithm in (Static(), RoundRobin(), Shuffle()):
+for _algorithm in (Static(), RoundRobin(), Shuffle(), Rendezvous()):
     register(_algorithm)

@@ -9,7 +9,7 @@ from common.errors import UnknownAlgorithmError
 
 MS = [".1", ".2", ".3"]
 HOST_IDS = [1, 5, 10, 20, 50, 60, 70, 80]
-ALL = ["static", "roundrobin", "shuffle"]
+ALL = ["static", "roundrobin", "shuffle", "rendezvous"]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_a_different_algorithm_name_is_never_current():
 
 
 def test_unknown_algorithm_lists_the_known_ones():
-    with pytest.raises(UnknownAlgorithmError, match="roundrobin, shuffle, static"):
+    with pytest.raises(UnknownAlgorithmError, match="rendezvous, roundrobin, shuffle, static"):
         algorithms.get("fastest")
 
 
@@ -137,3 +137,40 @@ def test_shuffle_is_the_same_in_another_process():
         for seed in (1, 2)
     }
     assert outputs == {str(algorithms.get("shuffle").sort(list("ABCDEFG"), [], 42)) + "\n"}
+
+
+def test_rendezvous_reference_vectors():
+    """sha256("<host id>|<server>"), highest first: fixed, so every server and version agree."""
+    rv = algorithms.get("rendezvous")
+    assert rv.sort(["a:8250", "b:8250", "c:8250"], [], 1) == rv.sort(
+        ["c:8250", "a:8250", "b:8250"], [], 1
+    )
+    import hashlib
+
+    expected = sorted(
+        ["a:8250", "b:8250", "c:8250"],
+        key=lambda s: hashlib.sha256(f"7|{s}".encode()).digest(),
+        reverse=True,
+    )
+    assert rv.sort(["a:8250", "b:8250", "c:8250"], [1, 2, 3], 7) == expected
+
+
+@given(ms_list=ms_lists, ids=id_lists, host_id=st.integers(1, 10**6))
+def test_rendezvous_ignores_the_zones_other_hosts(ms_list, ids, host_id):
+    rv = algorithms.get("rendezvous")
+    assert rv.sort(ms_list, ids, host_id) == rv.sort(ms_list, [], host_id)
+
+
+def test_rendezvous_a_fourth_server_takes_about_a_quarter_of_first_entries():
+    rv = algorithms.get("rendezvous")
+    three = ["ms1:8250", "ms2:8250", "ms3:8250"]
+    four = [*three, "ms4:8250"]
+    hosts = range(1, 3001)
+    moved = sum(rv.sort(three, [], h)[0] != rv.sort(four, [], h)[0] for h in hosts)
+    assert 0.20 < moved / len(hosts) < 0.30
+    # whoever did not move to the new server kept its first entry
+    for h in hosts:
+        if rv.sort(four, [], h)[0] != "ms4:8250":
+            assert rv.sort(four, [], h)[0] == rv.sort(three, [], h)[0]
+    firsts = Counter(rv.sort(three, [], h)[0] for h in hosts)
+    assert min(firsts.values()) > 900  # spread: about 1,000 each
