@@ -44,7 +44,13 @@ from common.configstore import ConfigStore  # noqa: E402
 from common.connection import redis_from_url  # noqa: E402
 from common.keys import Keys  # noqa: E402
 from common.records import HostState, load_hosts  # noqa: E402
-from msctl.children import LoggedProcess, kill_leftovers, msrv_args, msrv_ready  # noqa: E402
+from msctl.children import (  # noqa: E402
+    LoggedProcess,
+    kill_leftovers,
+    msrv_args,
+    msrv_env,
+    msrv_ready,
+)
 from msctl.embedded_redis import free_port, start_embedded  # noqa: E402
 
 NAMESPACE = "storm"
@@ -261,11 +267,13 @@ async def wait_disconnected(redis_url: str, limit: float = 30.0) -> None:
         await client.aclose()
 
 
-async def start_children(names: list[str], make_args: Any, ready: Any) -> list[LoggedProcess]:
+async def start_children(
+    names: list[str], make_args: Any, ready: Any, env: dict[str, str] | None = None
+) -> list[LoggedProcess]:
     children = []
     for name in names:
         port = free_port()
-        child = LoggedProcess(name, make_args(name, f"127.0.0.1:{port}"))
+        child = LoggedProcess(name, make_args(name, f"127.0.0.1:{port}"), env)
         child.port = port  # type: ignore[attr-defined]
         children.append(child)
     await asyncio.gather(*(c.start(ready(c.name), timeout=20) for c in children))
@@ -320,7 +328,10 @@ async def run(args: argparse.Namespace, redis_url: str, redis_pid: int | None) -
     try:
         await store.set("ping.interval", "60")  # no heartbeat traffic during the run
         children = await start_children(
-            names, lambda name, listen: msrv_args(listen, name, redis_url, NAMESPACE), msrv_ready
+            names,
+            lambda name, listen: msrv_args(listen, name, NAMESPACE),
+            msrv_ready,
+            msrv_env(redis_url),
         )
         ports = [c.port for c in children]  # type: ignore[attr-defined]
         pids = [c.pid for c in children]

@@ -1,7 +1,13 @@
-"""Redis connections: one place that builds the asyncio client from a URL."""
+"""Redis connections: one place that builds the asyncio client from a URL, and one that makes a
+URL fit to print (`redacted`).
+
+A URL is only ever parsed by redis-py: `redis://[[user]:password@]host[:port][/db]`,
+`rediss://` (TLS) and `unix://` all work wherever a URL is taken.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -9,6 +15,42 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common.errors import ValidationError
+
+REDACTED = "***"
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&#]*)")
+
+
+def _hide(url: str) -> tuple[str, list[str]]:
+    """(`url` with its secrets replaced by ***, the secrets as written in it)."""
+    scheme, sep, rest = url.partition("://")
+    prefix = scheme + sep if sep else ""
+    if not sep:
+        rest = url
+    # The userinfo ends at the last '@' before any query or fragment, which also covers a
+    # password with an unescaped '/' or '@' in it (redis-py would misread that URL; it must
+    # still not be printed).
+    head_end = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
+    userinfo, at, after = rest[:head_end].rpartition("@")
+    secrets = []
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if colon:  # user:password, or :password
+            secrets.append(password)
+            userinfo = f"{user}:{REDACTED}"
+        else:  # one word: redis-py takes it as a user name, redis-cli as the password
+            secrets.append(user)
+            userinfo = REDACTED
+        rest = f"{userinfo}@{after}{rest[head_end:]}"
+    secrets += [m.group(2) for m in _QUERY_PASSWORD.finditer(rest)]
+    rest = _QUERY_PASSWORD.sub(rf"\g<1>{REDACTED}", rest)
+    return prefix + rest, [s for s in secrets if s]
+
+
+def redacted(url: str) -> str:
+    """`url` as logs, errors and terminal output show it: the password (after `user:` or a
+    lone `:` in the userinfo, or in a `password=` query argument) replaced by `***`; a userinfo
+    of one word is hidden whole. Everything else (scheme, user, host, port, db) is kept."""
+    return _hide(url)[0]
 
 
 def redis_from_url(
@@ -44,4 +86,11 @@ def redis_from_url(
             return aioredis.Redis.from_pool(pool)
         return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise ValidationError(f"redis url {url!r}: {exc}") from None
+        shown, secrets = _hide(url)
+        detail = str(exc)
+        # urllib's messages quote parts of a malformed URL ("Port could not be cast to integer
+        # value as '...'"), which for a password with an unescaped '/' is part of the password
+        pieces = [p for s in secrets for p in re.split(r"[/?#:@&=]", s) if p]
+        if any(piece in detail for piece in pieces):
+            detail = "not a valid URL (details hidden: they would show part of the password)"
+        raise ValidationError(f"redis url {shown!r}: {detail}") from None

@@ -55,7 +55,8 @@ class LoggedProcess:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self, ready: str | None = None, timeout: float = 15.0) -> LoggedProcess:
-        # the child gets its settings from its arguments, never from a stray MSRV_* variable
+        # the child gets its settings from its arguments and `env`, never from a stray MSRV_*
+        # variable of ours
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSRV_")}
         env.update(self.env or {})
         self.lines.clear()
@@ -140,11 +141,20 @@ class LoggedProcess:
         return code
 
 
-def msrv_args(
-    listen: str, server_id: str, redis_url: str, namespace: str, *extra: str
-) -> list[str]:
+REDIS_URL_ENV = "MSRV_REDIS_URL"
+
+
+def msrv_args(listen: str, server_id: str, namespace: str, *extra: str) -> list[str]:
+    """`msrv serve`'s arguments, without the Redis URL: give it with `msrv_env` (a URL can hold a
+    password, and every user on the machine sees a process's arguments through `ps`)."""
     return ["-m", "msrv", "serve", "--listen", listen, "--id", server_id,
-            "--redis-url", redis_url, "--namespace", namespace, *extra]  # fmt: skip
+            "--namespace", namespace, *extra]  # fmt: skip
+
+
+def msrv_env(redis_url: str) -> dict[str, str]:
+    """The environment that gives an `msrv serve` child its Redis URL (msrv reads
+    MSRV_REDIS_URL); unlike the arguments, /proc/PID/environ is readable by its owner only."""
+    return {REDIS_URL_ENV: redis_url}
 
 
 def msrv_ready(server_id: str) -> str:

@@ -1,10 +1,14 @@
 """An embedded Redis for the lab and the tests: a real redis-server child process on a free
 loopback port, or, when the binary is missing, fakeredis's TCP server in this process.
+
+The lab's redis-server requires a password (generated, see `start_embedded`), given to it in a
+config file of mode 0600, never on its command line, where `ps` would show it to every user.
 """
 
 from __future__ import annotations
 
 import ctypes
+import secrets
 import shutil
 import signal
 import socket
@@ -13,10 +17,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
+from common.connection import redacted
 from common.errors import LbError
+from common.properties import atomic_write
 
 READY_TIMEOUT = 10.0
 
@@ -47,7 +54,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def wait_for_redis(
     url: str, timeout: float = READY_TIMEOUT, process: subprocess.Popen[bytes] | None = None
 ) -> None:
-    """Block until a PING to `url` answers; fail fast if `process` exits first."""
+    """Block until a PING to `url` answers; fail fast if `process` exits first, or if the
+    password is refused."""
     deadline = time.monotonic() + timeout
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
@@ -55,6 +63,8 @@ def wait_for_redis(
             try:
                 if client.ping():
                     return
+            except redis.AuthenticationError as exc:  # a ConnectionError that waiting won't fix
+                raise EmbeddedRedisError(f"redis at {redacted(url)}: {exc}") from None
             except redis.ConnectionError:
                 pass
             if process is not None and process.poll() is not None:
@@ -62,26 +72,55 @@ def wait_for_redis(
                     f"redis-server exited with {process.returncode} before answering"
                 )
             if time.monotonic() > deadline:
-                raise EmbeddedRedisError(f"redis at {url} did not answer within {timeout}s")
+                raise EmbeddedRedisError(
+                    f"redis at {redacted(url)} did not answer within {timeout}s"
+                )
             time.sleep(0.02)
     finally:
         client.close()
 
 
+def new_password() -> str:
+    """A password for an embedded Redis: 192 random bits, URL- and config-safe characters."""
+    return secrets.token_urlsafe(24)
+
+
+def _config_string(value: str) -> str:
+    """`value` as a double-quoted redis.conf argument (\\xHH escapes, which Redis reads)."""
+    inner = "".join(
+        chr(b) if 0x20 <= b <= 0x7E and b not in b'"\\' else f"\\x{b:02x}" for b in value.encode()
+    )
+    return f'"{inner}"'
+
+
 class RedisServer:
     """One redis-server process. `persist=True` keeps an fsync'd AOF in `workdir`, so a
-    killed and restarted server comes back with its data."""
+    killed and restarted server comes back with its data. With a `password`, clients must
+    AUTH (it is in `url`); redis-server reads it from `workdir`/redis.conf, mode 0600."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, persist: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        persist: bool = False,
+        password: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.persist = persist
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         self.kind = "redis-server"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "redis.conf"
 
     @property
     def pid(self) -> int | None:
@@ -91,7 +130,9 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise EmbeddedRedisError("redis-server is not on PATH")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        # a config file, when there is one, must come first; the other options override it
+        args = [binary, str(self.config_file)] if self.password else [binary]
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.workdir), "--protected-mode", "no", "--daemonize", "no"]
         args += ["--logfile", str(self.workdir / "redis.log")]
         if self.persist:
@@ -102,6 +143,9 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.password:
+            config = f"requirepass {_config_string(self.password)}\n"
+            atomic_write(self.config_file, config.encode(), mode=0o600)
         self.process = subprocess.Popen(
             self.command(),
             stdout=subprocess.DEVNULL,
@@ -129,7 +173,14 @@ class RedisServer:
 
 
 class FakeRedisTcp:
-    """fakeredis's TCP server in a thread: same interface as RedisServer, no kill/restart."""
+    """fakeredis's TCP server in a thread: same interface as RedisServer, no kill/restart.
+
+    No password: fakeredis (2.x) answers AUTH, but its TCP server runs every command of a
+    client that never sent one, `requirepass` set or not (and took a wrong password when we
+    tried), so a password would protect nothing. It listens on 127.0.0.1 only; anyone who can
+    open a socket on this machine can use it. Install redis-server for a lab whose Redis
+    requires a password.
+    """
 
     kind = "fakeredis TcpFakeServer"
     pid = None  # it runs inside this process
@@ -168,7 +219,11 @@ def have_redis_server() -> bool:
 
 
 def start_embedded(workdir: Path) -> RedisServer | FakeRedisTcp:
-    """A redis-server child when the binary exists, else fakeredis's TCP server."""
+    """A redis-server child that requires a new password (it is in the server's `url`) when
+    the binary exists, else fakeredis's TCP server (no password, see FakeRedisTcp)."""
     server: RedisServer | FakeRedisTcp
-    server = RedisServer(workdir) if have_redis_server() else FakeRedisTcp()
+    if have_redis_server():
+        server = RedisServer(workdir, password=new_password())
+    else:
+        server = FakeRedisTcp()
     return server.start()

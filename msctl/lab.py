@@ -2,6 +2,10 @@
 loopback addresses, and a swarm of agents, as child processes that stop together.
 
 `msctl lab up`, `msctl lab demo` and the benchmarks build on `Lab`.
+
+The Redis URL can hold a password (the embedded Redis always has one): servers get it in their
+environment, lab.json (mode 0600) keeps it for `msctl` in a second terminal, and output shows it
+through `common.connection.redacted`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.configstore import ConfigStore
+from common.connection import redacted
 from common.keys import Keys
-from msctl.children import ChildError, LoggedProcess, msrv_args, msrv_ready, swarm_ready
+from common.properties import atomic_write
+from msctl.children import (
+    ChildError,
+    LoggedProcess,
+    msrv_args,
+    msrv_env,
+    msrv_ready,
+    swarm_ready,
+)
 from msctl.embedded_redis import FakeRedisTcp, RedisServer, free_port, start_embedded
 from msctl.options import msctl_redis
 
@@ -109,7 +122,7 @@ class Lab:
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
-            raise ChildError(f"redis at {self.url}: {exc}") from None
+            raise ChildError(f"redis at {redacted(self.url)}: {exc}") from None
         finally:
             await client.aclose()
 
@@ -136,7 +149,8 @@ class Lab:
         index = len(self.members) + 1
         listen = pick_listen(index, self.port)
         server_id = f"ms{index}"
-        child = LoggedProcess(server_id, msrv_args(listen, server_id, self.url, self.namespace))
+        args = msrv_args(listen, server_id, self.namespace)
+        child = LoggedProcess(server_id, args, env=msrv_env(self.url))
         self.members.append(LabServer(server_id, listen, child))
         return await self.start_server(server_id)
 
@@ -198,10 +212,9 @@ class Lab:
         }
 
     def write_state(self) -> None:
-        path = self.directory / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
-        os.replace(tmp, path)
+        """lab.json, replaced atomically; mode 0600 from its first byte (the Redis password)."""
+        data = json.dumps(self.state(), indent=2) + "\n"
+        atomic_write(self.directory / STATE_FILE, data.encode(), mode=0o600)
 
 
 SHORT_NAMES = {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from common.connection import redacted, redis_from_url
 from common.errors import Failed, Rejected
 from common.keys import Keys
 from msctl.children import ChildError
@@ -84,10 +85,13 @@ async def _up(lab: Lab) -> None:
     try:
         await lab.start()
         where = lab.embedded.kind if lab.embedded is not None else "given"
-        click.echo(f"lab up: Redis ({where}) at {lab.url}, namespace {lab.namespace}")
+        click.echo(f"lab up: Redis ({where}) at {redacted(lab.url)}, namespace {lab.namespace}")
         click.echo(f"servers: {', '.join(f'{m.server_id}={m.listen}' for m in lab.members)}")
         here = lab.directory == Path.cwd() / DEFAULT_LAB_DIR
-        click.echo(f"state in {lab.directory / STATE_FILE}; in another terminal, from here:")
+        click.echo(
+            f"state (and the Redis password) in {lab.directory / STATE_FILE}, mode 0600;"
+            " in another terminal, from here:"
+        )
         if not here:
             click.echo(f"  export {LAB_DIR_ENV}={lab.directory}")
         click.echo("  msctl hosts · msctl servers · msctl lab kill ms1 · msctl lab start ms1")
@@ -166,8 +170,6 @@ def _control(directory: Path, action: str, server: str) -> None:
     keys = Keys(state["namespace"])
 
     async def ask() -> None:
-        from common.connection import redis_from_url
-
         client = redis_from_url(state["redis_url"])
         try:
             request = json.dumps({"action": action, "server": server_id})
@@ -229,9 +231,9 @@ async def _demo(lab: Lab) -> None:
     try:
         await lab.start()
         if lab.embedded is not None:
-            click.echo(f"embedded Redis ({lab.embedded.kind}) at {lab.url}")
+            click.echo(f"embedded Redis ({lab.embedded.kind}) at {redacted(lab.url)}")
         else:
-            click.echo(f"Redis at {lab.url}, namespace {lab.namespace}")
+            click.echo(f"Redis at {redacted(lab.url)}, namespace {lab.namespace}")
         await demo.run()
     except TimeoutError:
         _show_logs(lab)

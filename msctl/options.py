@@ -16,7 +16,7 @@ import click
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common.connection import redis_from_url
+from common.connection import redacted, redis_from_url
 from common.errors import Failed, LbError, Rejected, ValidationError
 from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, Keys
 
@@ -120,6 +120,6 @@ def run_async(cli: CliConfig, work: Callable[[aioredis.Redis], Coroutine[Any, An
     except ValidationError as exc:
         raise Rejected(str(exc)) from None
     except (RedisError, OSError) as exc:
-        raise Failed(f"redis at {cli.redis_url}: {exc}") from None
+        raise Failed(f"redis at {redacted(cli.redis_url)}: {exc}") from None
     except LbError as exc:  # StoreUnavailableError and the rest: a run-time failure
         raise Failed(str(exc)) from None

@@ -3,11 +3,14 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import redis
 
 AGENTS = 6
 
@@ -66,8 +69,14 @@ def lab(tmp_path):
         ok = len(found) == AGENTS and all(h["state"] == "connected" for h in found)
         return found if ok else None
 
+    def started():
+        if process.poll() is not None:  # say why at once, rather than wait for lab.json
+            output = process.communicate(timeout=10)[0]
+            raise AssertionError(f"lab up exited with {process.returncode}:\n{output}")
+        return _state(folder)
+
     try:
-        state = wait_for("lab.json", lambda: _state(folder))
+        state = wait_for("lab.json", started)
         wait_for("all agents connected", connected)
         yield process, folder, state, second_terminal, hosts, connected
     finally:
@@ -138,3 +147,27 @@ def test_lab_kill_from_a_second_terminal_moves_agents(lab):
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_the_embedded_redis_requires_the_password_that_only_lab_json_holds(lab):
+    process, folder, state, *_ = lab
+    path = folder / "lab.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    url = state["redis_url"]
+    password = redis.Redis.from_url(url).connection_pool.connection_kwargs["password"]
+    assert len(password) >= 32
+    assert redis.Redis.from_url(url).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(url.replace(f":{password}@", "@"), protocol=2).ping()
+    # in no child's arguments (`ps` shows those to every user)
+    pids = [s["pid"] for s in state["servers"]]
+    pids += [state["swarm"]["pid"], state["embedded_redis_pid"]]
+    for pid in pids:
+        assert password not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"), pid
+    # nor in what the lab prints: the URL is shown as redis://:***@...
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "at redis://:***@127.0.0.1:" in output, output
+    assert password not in output

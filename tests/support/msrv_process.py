@@ -12,7 +12,7 @@ import re
 import signal
 from collections.abc import AsyncIterator
 
-from msctl.children import LoggedProcess, msrv_args, msrv_ready
+from msctl.children import LoggedProcess, msrv_args, msrv_env, msrv_ready
 from tests.support.redis_server import free_port
 
 READY_TIMEOUT = 15.0
@@ -31,8 +31,8 @@ class MsrvProcess(LoggedProcess):
     ) -> None:
         self.server_id = server_id
         self.port = free_port()
-        args = msrv_args(self.address, server_id, redis_url, namespace, *extra)
-        super().__init__(server_id, [*args, "-v"] if verbose else args)
+        args = msrv_args(self.address, server_id, namespace, *extra)
+        super().__init__(server_id, [*args, "-v"] if verbose else args, env=msrv_env(redis_url))
 
     @property
     def address(self) -> str:
