@@ -207,12 +207,17 @@ class Connection:
 
     async def _last_word(self, error: Error) -> None:
         """Send `error`, half-close, and discard what the agent still sends for a moment: a
-        close with unread input would reset the connection and could lose the error."""
+        close with unread input would reset the connection and could lose the error.
+
+        Over TLS (every session) the transport cannot half-close: its close_notify, sent by
+        `close`, is what tells the agent the error was the last word. Lingering first would
+        only keep the agent (and the connection) waiting LINGER for it: close at once."""
         self.send(error)
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await self.writer.drain()
-            if self.writer.can_write_eof():
-                self.writer.write_eof()
+            if not self.writer.can_write_eof():
+                return
+            self.writer.write_eof()
             async with asyncio.timeout(LINGER):
                 while await self.reader.read(READ_CHUNK):
                     pass
