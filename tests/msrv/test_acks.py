@@ -18,8 +18,8 @@ def test_a_list_not_acknowledged_is_pushed_again_and_recorded_only_once_acked(
             redis_url, namespace, servers=1, server_options=("--repush-interval", "0.3")
         ) as f:
             version = await f.set("host", "a,b")
-            client = await f.connect(auto_ack=False)
-            greeting = await client.startup("h1", ms_list=["x"], algorithm="static")
+            client = await f.connect(0, "h1", auto_ack=False)
+            greeting = await client.startup(ms_list=["x"], algorithm="static")
             assert greeting.ms_list == MsList(["a", "b"], "static", 0, version, 5, 3)
             # not acked: the same list comes again, and the registry keeps what the agent has
             assert await client.next(timeout=5) == greeting.ms_list
@@ -47,8 +47,8 @@ def test_last_seen_of_a_connected_host_is_refreshed(redis_url: str, namespace: s
         async with fleet(
             redis_url, namespace, servers=1, server_options=("--last-seen-interval", "0.2")
         ) as f:
-            client = await f.connect()
-            await client.startup("h1")
+            client = await f.connect(0, "h1")
+            await client.startup()
             (first,) = await f.hosts()
             client.keepalive(0.1)
             later = await f.wait_hosts(lambda hosts: hosts[0].last_seen >= first.last_seen + 0.5)
@@ -72,10 +72,10 @@ def test_an_ack_names_the_list_when_two_pushes_share_a_version(
         async with fleet(redis_url, namespace, servers=1) as f:
             await f.set("host", "a,b,c")
             version = await f.set("indirect.agent.lb.algorithm", "roundrobin")
-            other = await f.connect()
-            await other.startup("first", zone="z")  # id 1, rank 0
-            client = await f.connect(auto_ack=False)
-            first = (await client.startup("second", zone="z")).ms_list  # id 2, rank 1
+            other = await f.connect(0, "first")
+            await other.startup(zone="z")  # id 1, rank 0
+            client = await f.connect(0, "second", auto_ack=False)
+            first = (await client.startup(zone="z")).ms_list  # id 2, rank 1
             assert first is not None and first.ms_list == ["b", "c", "a"]
             await other.close()
             await f.servers[0].wait_for("1 session ended")
@@ -107,11 +107,11 @@ def test_a_last_seen_write_never_cuts_off_an_agent_in_the_middle_of_a_move(
             # as the 30 s re-assert does): start after it
             for server in f.servers:
                 await server.wait_for("subscribed to events; in step with Redis")
-            old = await f.connect(0)
-            await old.startup("mover")
+            old = await f.connect(0, "mover")
+            await old.startup()
             old.keepalive(0.1)  # heard from, so its last_seen is due every 0.2 s
-            new = await f.connect(1)
-            await new.startup("mover")  # the newer session: registered on ms2
+            new = await f.connect(1, "mover")
+            await new.startup()  # the newer session: registered on ms2
             for _ in range(5):  # past two housekeeping ticks (every 2 s) of ms1
                 await asyncio.sleep(1.0)
                 assert await old.sync() == [], "ms1 hung up on the moving agent"

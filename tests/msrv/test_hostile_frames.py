@@ -4,8 +4,10 @@ Frames are built from the protocol's own message classes (their dataclass fields
 hints) with hostile values in every field: lone surrogates, control characters, huge and
 negative numbers, floats where whole numbers go, wrong types, very long text, deep nesting;
 and hostile framing: lines over 64 KiB, lines cut mid-JSON, floods of blank lines, unknown
-types, missing fields. Each example sends them on a fresh plain-TCP connection, reads what
-comes back for a bounded time and closes. After every example:
+types, missing fields. Each example sends them on a fresh TLS connection (with a certificate
+from the namespace's CA: for the guid of the example's startup when the CA could have issued
+one for it, else for a fresh guid), reads what comes back for a bounded time and closes. After
+every example:
 
 - the connection was answered (our trailing ping, or a close) and the server sent only
   well-formed messages, an `error` always followed by a close;
@@ -32,6 +34,8 @@ import dataclasses
 import itertools
 import json
 import signal
+import socket
+import ssl
 import time
 import types
 import typing
@@ -46,9 +50,11 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
+from common.ca import CertificateAuthority
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
 from common.errors import ProtocolError
+from common.fields import word_fault
 from common.keys import Keys
 from common.protocol import (
     MAX_LINE,
@@ -65,9 +71,11 @@ from common.protocol import (
     read_message,
 )
 from common.records import HostRecord, HostState, load_hosts
+from common.tokens import create_token
 from msctl.children import swarm_ready
 from tests.support.agents import SwarmProcess
 from tests.support.msrv_process import MsrvProcess
+from tests.support.tls import identity, namespace_ca
 
 SERVER_ID = "ms1"
 SWARM_SIZE = 3
@@ -85,6 +93,7 @@ SYNC_SEQ = 7_777_777_777  # the seq of the ping that ends an example's frames
 # LONG_TEXT characters, so any limit the server picks between the two passes.
 STORED_MAX = 1024
 LONG_TEXT = 10_000
+CN_MAX = 64  # characters in a certificate's subject CN (X.509 ub-common-name)
 CONTROL = "".join(map(chr, range(0x20))) + "\x7f"
 SURROGATES = "\ud800\udbff\udc00\udfff"
 
@@ -159,6 +168,20 @@ class Case:
 
     def guids(self) -> set[str]:
         return {p.guid for p in self.pieces if isinstance(p.guid, str)}
+
+    def certified_guid(self) -> str:
+        """The guid of the certificate the case is sent with: its first startup's, when the CA
+        could have issued a certificate for it (enrollment takes a guid that is a word, and a
+        CN has at most 64 characters), so that the startup is refused, or served, for what
+        else it holds; otherwise a fresh guid (such a startup is refused as bad_message before
+        its guid is compared with the certificate's, or as wrong_host)."""
+        for piece in self.pieces:
+            guid = piece.guid
+            if isinstance(guid, str):
+                if word_fault(guid, required=True) is None and len(guid) <= CN_MAX:
+                    return guid
+                break
+        return str(uuid.uuid4())
 
     def __repr__(self) -> str:
         return f"Case({self.pieces!r}, ending={self.ending!r})"
@@ -424,20 +447,45 @@ class Outcome:
         return f"received {got}; connection {state}; timed out: {self.timed_out}"
 
 
-async def exchange(port: int, case: Case) -> Outcome:
+async def open_tls(
+    port: int, tls: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.WriteTransport]:
+    """A TLS connection, and the TCP transport under it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=READER_LIMIT)
+    tcp = writer.transport
+    try:
+        await writer.start_tls(tls, server_hostname="127.0.0.1")
+    except BaseException:
+        tcp.abort()
+        raise
+    assert isinstance(tcp, asyncio.WriteTransport)
+    return reader, writer, tcp
+
+
+async def end_tcp_stream(writer: asyncio.StreamWriter, tcp: asyncio.WriteTransport) -> None:
+    """A FIN once all that was written is sent, without close_notify: asyncio's TLS has no
+    half-close (and after a write_eof on the TCP transport, the close_notify it answers the
+    server's with would raise RuntimeError; after this, it fails as a broken pipe)."""
+    # no event says that a transport's buffer is empty
+    while writer.transport.get_write_buffer_size() or tcp.get_write_buffer_size():  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
+
+
+async def exchange(port: int, case: Case, tls: ssl.SSLContext) -> Outcome:
     """Send the case's frames on a new connection; read until the answer to our ping (when
     the case ends with one) or the close, for ANSWER_TIMEOUT at most."""
     outcome = Outcome()
     async with asyncio.timeout(ANSWER_TIMEOUT):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=READER_LIMIT)
+        reader, writer, tcp = await open_tls(port, tls)
     try:
         data = case.data + (encode(Ping(SYNC_SEQ)) if case.ending == "sync" else b"")
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             writer.write(data)
             async with asyncio.timeout(ANSWER_TIMEOUT):
                 await writer.drain()
-            if case.ending == "half_close":
-                writer.write_eof()
+                if case.ending == "half_close":
+                    await end_tcp_stream(writer, tcp)
         if case.ending == "abort":
             writer.transport.abort()
             return outcome
@@ -469,14 +517,17 @@ async def exchange(port: int, case: Case) -> Outcome:
                 await writer.wait_closed()
 
 
-async def probe(port: int, address: str, name: str, timeout: float = PROBE_TIMEOUT) -> object:
+async def probe(
+    port: int, address: str, name: str, ca: CertificateAuthority, timeout: float = PROBE_TIMEOUT
+) -> object:
     """What a fresh agent gets first for a valid startup (`ready`, or why not)."""
+    guid = str(uuid.uuid4())
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=READER_LIMIT)
+            reader, writer, _ = await open_tls(port, identity(ca, guid))
             try:
                 startup = Startup(
-                    guid=str(uuid.uuid4()),
+                    guid=guid,
                     name=name,
                     host_type="routing",
                     zone=ZONE,
@@ -524,6 +575,7 @@ class Live:
     server: MsrvProcess
     redis: aioredis.Redis
     keys: Keys
+    ca: CertificateAuthority
     sessions: dict[str, str] = field(default_factory=dict)  # the swarm's guid -> session token
     log: list[str] = field(default_factory=list)  # lines of the server's earlier runs
     restarts: int = 0
@@ -571,7 +623,8 @@ class Live:
         if not self.server.running:
             return False
         name = f"probe-{next(self._probes)}"
-        if not isinstance(await probe(self.server.port, self.server.address, name, 1.0), Ready):
+        got = await probe(self.server.port, self.server.address, name, self.ca, 1.0)
+        if not isinstance(got, Ready):
             return False
         hosts = await self.hosts()
         return all(g in hosts and hosts[g].session == s for g, s in self.sessions.items())
@@ -582,12 +635,13 @@ class Live:
         self.dirty = True
         mark = len(self.server.lines)
         before = await self.hosts()
-        outcome = await exchange(self.server.port, case)
+        outcome = await exchange(self.server.port, case, identity(self.ca, case.certified_guid()))
         assert outcome.malformed is None, f"the server sent {outcome.malformed}"
         if case.ending != "abort":
             assert outcome.answered or outcome.closed, f"no answer, no close: {outcome}"
             assert outcome.closed or not outcome.errors, f"an error without a close: {outcome}"
-        got = await probe(self.server.port, self.server.address, f"probe-{next(self._probes)}")
+        name = f"probe-{next(self._probes)}"
+        got = await probe(self.server.port, self.server.address, name, self.ca)
         assert isinstance(got, Ready), f"a fresh agent got {got!r}\n{self.server.tail(20)}"
         after = await self.hosts()
         for guid, session in self.sessions.items():
@@ -619,16 +673,22 @@ async def live_server(
         "--property",
         "failover.backoff.max=0.5",
     ]
-    swarm = SwarmProcess(directory, SWARM_SIZE, server.address, "--zone", ZONE, *backoff)
+    swarm: SwarmProcess | None = None
     try:
         await ConfigStore(redis, keys).set("host", server.address)
         await server.start()
+        token, _ = await create_token(redis, keys, ttl_seconds=600, uses=SWARM_SIZE)
+        swarm = SwarmProcess(
+            directory, SWARM_SIZE, server.address, "--zone", ZONE, "--token", token, *backoff
+        )
         await swarm.start(ready=swarm_ready(SWARM_SIZE), timeout=20)
-        live = Live(server, redis, keys)
+        live = Live(server, redis, keys, await namespace_ca(redis, namespace))
         live.sessions = await live.settled({})
         yield live
     finally:
         for process in (swarm, server):
+            if process is None:
+                continue
             with contextlib.suppress(ProcessLookupError):
                 try:
                     await process.stop(signal.SIGTERM, timeout=5.0)
@@ -706,12 +766,12 @@ def plain(cls: type[Message]) -> bytes:
     return encode(cls(**kwargs))
 
 
-async def linger(port: int, chatter: bytes, bound: float) -> float | None:
+async def linger(port: int, chatter: bytes, bound: float, tls: ssl.SSLContext) -> float | None:
     """Send `chatter` every CHATTER_EVERY seconds (once, when it is not a whole line) and
     never a startup: how long the server kept the connection open (None: past `bound`)."""
     opened = time.monotonic()
     async with asyncio.timeout(bound):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=READER_LIMIT)
+        reader, writer, _ = await open_tls(port, tls)
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(bound):
@@ -752,7 +812,10 @@ def test_connection_without_startup_is_closed(
         async with live_server(redis_url, namespace, tmp_path / "swarm", options) as live:
             port = live.server.port
             held = await asyncio.gather(
-                *(linger(port, c, STARTUP_BOUND) for c in chatters.values())
+                *(
+                    linger(port, c, STARTUP_BOUND, identity(live.ca, str(uuid.uuid4())))
+                    for c in chatters.values()
+                )
             )
             kept = {name: t for name, t in zip(chatters, held, strict=True) if t is None}
             assert not kept, f"open after {STARTUP_BOUND:.0f}s without a startup: {sorted(kept)}"

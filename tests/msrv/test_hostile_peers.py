@@ -7,16 +7,19 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 from pathlib import Path
 
-from common.protocol import ErrorCode, Ping, Pong
+from common.protocol import ErrorCode, Ping, Pong, Startup
+from common.tokens import create_token
 from msctl.children import swarm_ready
 from tests.support.agents import SwarmProcess, start_agent
 from tests.support.fleet import Fleet, fleet
 
+GUID = "g-hostile"
 STARTUP = {
     "type": "startup",
-    "guid": "g-hostile",
+    "guid": GUID,
     "name": "n",
     "host_type": "routing",
     "zone": "z1",
@@ -33,8 +36,10 @@ def startup_line(**fields: object) -> bytes:
     return json.dumps({**STARTUP, **fields}, ensure_ascii=True).encode() + b"\n"
 
 
-async def refused(f: Fleet, data: bytes) -> tuple[str, str]:
-    client = await f.connect()
+async def refused(f: Fleet, data: bytes, guid: str | None = None) -> tuple[str, str]:
+    """What the server answers `data` with, from a client whose certificate is for `guid`
+    (a fresh guid when None)."""
+    client = await f.connect(0, guid)
     with contextlib.suppress(ConnectionError, OSError):
         await client.send_raw(data)
     error = await client.wait_error_and_close()
@@ -42,8 +47,8 @@ async def refused(f: Fleet, data: bytes) -> tuple[str, str]:
 
 
 async def fresh_agent_is_served(f: Fleet, guid: str) -> None:
-    client = await f.connect()
-    greeting = await client.startup(guid, zone="z1")
+    client = await f.connect(0, guid)
+    greeting = await client.startup(zone="z1")
     assert greeting.ready.server == f.addresses[0]
 
 
@@ -56,7 +61,10 @@ def test_hostile_startups_get_an_error_and_nothing_else_moves(
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=1) as f:
             await f.set("host", f.addresses[0])
-            swarm = SwarmProcess(tmp_path / "swarm", 10, f"{f.addresses[0]}@static")
+            token, _ = await create_token(f.redis, f.keys, ttl_seconds=600, uses=10)
+            swarm = SwarmProcess(
+                tmp_path / "swarm", 10, f"{f.addresses[0]}@static", "--token", token
+            )
             await swarm.start(ready=swarm_ready(10), timeout=20)
             before = {h.guid: h.session for h in await f.hosts()}
             hostile = {
@@ -72,7 +80,10 @@ def test_hostile_startups_get_an_error_and_nothing_else_moves(
                 "float protocol": startup_line(protocol=1.5),
             }
             for label, data in hostile.items():
-                code, message = await refused(f, data)
+                # the certificate is the startup's guid's, so that only the hostile value is
+                # wrong; a guid that cannot be a certificate's CN (a lone surrogate, 10 KB) is
+                # presented with a fresh guid's, and its refusal must still be bad_message
+                code, message = await refused(f, data, None if "guid" in label else GUID)
                 assert code == ErrorCode.BAD_MESSAGE, (label, code, message)
                 assert len(message) < 200 and message.isprintable(), (label, message)
             assert "guid: is 10000 characters long" in f.servers[0].tail(60)
@@ -122,8 +133,8 @@ def test_connection_without_startup_is_closed_at_the_startup_timeout(
             assert f.servers[0].count("sent no startup within 1s; closing") == 2
             # a real startup in time is not affected, and its session outlives the timeout:
             # a bare connection opened after it has been closed for it by then
-            agent = await f.connect()
-            await agent.startup("in-time")
+            agent = await f.connect(0, "in-time")
+            await agent.startup()
             agent.keepalive(0.2)
             late = await f.connect()
             assert (await late.wait_error_and_close()).code == ErrorCode.STARTUP_TIMEOUT
@@ -144,16 +155,34 @@ def test_a_startup_read_late_does_not_take_over_a_newer_session(
             stalled, healthy = f.servers
             host = ",".join(f.addresses)
             await f.set("host", host)
+            token, _ = await create_token(f.redis, f.keys, ttl_seconds=600, uses=1)
+            guid = "g-a1"
+            # Over TLS a server stalled before the handshake ends gets no startup at all (the
+            # agent gives up in the handshake): the startup read late is one sent after the
+            # handshake, on a test client's connection standing for the agent's.
+            given_up = await f.connect(0, guid)
+            attempt = time.time_ns() // 1_000_000  # the agent's clock: older than its next try
             assert stalled.process is not None
             stalled.process.send_signal(signal.SIGSTOP)
             try:
-                # the kernel accepts the connection; the agent's startup waits in the backlog
+                # the startup waits in the stalled server's socket buffer; the agent gives up
+                # on that server (as on every try there) and lands on the healthy one
+                await given_up.send(
+                    Startup(guid, "a1", "routing", "z1", "", [], None, "", 1, attempt)
+                )
                 agent = await start_agent(
-                    tmp_path / "a1", "a1", f"{host}@static", **{"connect.timeout": "1"}
+                    tmp_path / "a1",
+                    "a1",
+                    f"{host}@static",
+                    guid=guid,
+                    token=token,
+                    **{"connect.timeout": "1"},
                 )
                 await agent.wait_connected(healthy.address)
             finally:
                 stalled.process.send_signal(signal.SIGCONT)
+            error = await given_up.wait_error_and_close()
+            assert error.code == ErrorCode.SUPERSEDED
             await stalled.wait_for("refused: the host has a newer live session")
             (record,) = await f.hosts()
             assert (record.server, record.state) == ("ms2", "connected")

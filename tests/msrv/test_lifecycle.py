@@ -9,6 +9,7 @@ import json
 from common.protocol import Ack, Error, ErrorCode, MsList, Ping, Pong, Startup, encode
 from common.records import HostState, ServerState
 from tests.support.fleet import fleet
+from tests.support.tls import identity
 from tests.support.wire_client import WireClient
 
 STARTUP_WITHOUT_GUID = json.dumps(
@@ -43,9 +44,9 @@ def test_bad_input_gets_error_and_close_others_unaffected(redis_url: str, namesp
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=1) as f:
             await f.set("host", "a,b")
-            good = [await f.connect() for _ in range(3)]
-            for i, client in enumerate(good):
-                await client.startup(f"good{i}")
+            good = [await f.connect(0, f"good{i}") for i in range(3)]
+            for client in good:
+                await client.startup()
             for label, (data, code) in BAD_INPUTS.items():
                 bad = await f.connect()
                 sender = asyncio.create_task(_send_ignoring_resets(bad, data))
@@ -53,9 +54,9 @@ def test_bad_input_gets_error_and_close_others_unaffected(redis_url: str, namesp
                 await sender
                 assert error.code == code, label
             # unknown message types are logged and ignored, the session goes on
-            odd = await f.connect()
+            odd = await f.connect(0, "odd")
             await odd.send_raw(b'{"type": "telemetry", "cpu": 3}\n')
-            assert (await odd.startup("odd")).ms_list is not None
+            assert (await odd.startup()).ms_list is not None
             for client in good:
                 assert await client.sync() == []
                 assert not client.closed.is_set()
@@ -70,11 +71,11 @@ def test_silent_agent_is_disconnected_after_ping_timeout(redis_url: str, namespa
         async with fleet(redis_url, namespace, servers=1) as f:
             await f.set("ping.interval", "1")
             await f.set("ping.timeout", "2")
-            alive, silent = await f.connect(), await f.connect()
-            ready = (await alive.startup("alive")).ready
+            alive, silent = await f.connect(0, "alive"), await f.connect(0, "silent")
+            ready = (await alive.startup()).ready
             assert (ready.ping_interval, ready.ping_timeout) == (1, 2)
             alive.keepalive(0.3)
-            await silent.startup("silent")
+            await silent.startup()
             async with asyncio.timeout(6):
                 await silent.closed.wait()
             await f.servers[0].wait_for("silent for 2s; disconnected")
@@ -90,10 +91,10 @@ def test_racing_sessions_of_one_guid_newer_wins(redis_url: str, namespace: str) 
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=2) as f:
             await f.set("host", "a,b")
-            old = await f.connect(0)
-            await old.startup("twin", name="old-name")
-            new = await f.connect(1)
-            await new.startup("twin", name="new-name")
+            old = await f.connect(0, "twin")
+            await old.startup(name="old-name")
+            new = await f.connect(1, "twin")
+            await new.startup(name="new-name")
             # the old server has not noticed yet: its late writes must not win
             await old.send(Ack(1, ["a", "b"], "static"))
             error = await old.wait_error_and_close()
@@ -113,10 +114,10 @@ def test_old_session_closing_late_does_not_mark_newer_disconnected(
 ) -> None:
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=2) as f:
-            old = await f.connect(0)
-            await old.startup("twin")
-            new = await f.connect(1)
-            await new.startup("twin")
+            old = await f.connect(0, "twin")
+            await old.startup()
+            new = await f.connect(1, "twin")
+            await new.startup()
             await old.close()
             await f.servers[0].wait_for("1 session ended")
             (host,) = await f.hosts()
@@ -130,9 +131,9 @@ def test_sigterm_closes_sessions_marks_hosts_and_deregisters(
 ) -> None:
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=2) as f:
-            clients = [await f.connect(0), await f.connect(0), await f.connect(1)]
-            for i, client in enumerate(clients):
-                await client.startup(f"h{i}")
+            clients = [await f.connect(0, "h0"), await f.connect(0, "h1"), await f.connect(1, "h2")]
+            for client in clients:
+                await client.startup()
             assert await f.servers[0].stop() == 0
             for client in clients[:2]:
                 error = await client.wait_error_and_close()
@@ -151,8 +152,9 @@ def test_sigterm_closes_sessions_marks_hosts_and_deregisters(
                 f.addresses[1],
             )
             # the stopped server refuses nobody: it is gone
+            tls = identity(await f.ca(), "h3")
             try:
-                await WireClient.connect("127.0.0.1", f.servers[0].port, timeout=2)
+                await WireClient.connect("127.0.0.1", f.servers[0].port, tls, timeout=2)
             except OSError:
                 pass
             else:
@@ -164,7 +166,7 @@ def test_sigterm_closes_sessions_marks_hosts_and_deregisters(
 def test_startup_for_another_protocol_is_refused(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=1) as f:
-            client = await f.connect()
+            client = await f.connect(0, "g")
             startup = Startup("g", "n", "routing", "z", "c", [], None, "", protocol=99)
             await client.send(startup)
             error = await client.wait_error_and_close()

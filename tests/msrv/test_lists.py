@@ -27,15 +27,15 @@ def test_roundrobin_rotates_by_rank_whichever_server(redis_url: str, namespace: 
             # registered in order h1, h2, h3, each on a different server than its rank
             greetings = []
             for guid, server in (("h1", 2), ("h2", 0), ("h3", 1)):
-                client = await f.connect(server)
-                greetings.append(await client.startup(guid))
+                client = await f.connect(server, guid)
+                greetings.append(await client.startup())
             got = [g.ms_list.ms_list if g.ms_list else None for g in greetings]
             assert got == [ms, rotate(ms, 1), rotate(ms, 2)]
             assert [g.ready.host_id for g in greetings] == [1, 2, 3]
             assert all(g.ms_list and g.ms_list.algorithm == "roundrobin" for g in greetings)
             # a later registration moves nobody: ranks of older hosts are unchanged
-            late = await f.connect(0)
-            assert (await late.startup("h4")).ms_list == MsList(ms, "roundrobin", 0, 2, 5, 3)
+            late = await f.connect(0, "h4")
+            assert (await late.startup()).ms_list == MsList(ms, "roundrobin", 0, 2, 5, 3)
             for client in f.clients[:3]:
                 assert await client.sync() == []
 
@@ -48,7 +48,7 @@ def test_static_gives_everyone_the_list_as_set(redis_url: str, namespace: str) -
             ms = await _configure(f, "roundrobin")
             await f.set(ALGORITHM, "static")
             for i in range(6):
-                greeting = await (await f.connect(i % 3)).startup(f"s{i}")
+                greeting = await (await f.connect(i % 3, f"s{i}")).startup()
                 assert greeting.ms_list is not None
                 assert (greeting.ms_list.ms_list, greeting.ms_list.algorithm) == (ms, "static")
 
@@ -63,8 +63,8 @@ def test_shuffle_same_set_and_same_order_from_every_server(redis_url: str, names
             for guid in ("x1", "x2", "x3", "x4", "x5"):
                 per_server = []
                 for server in range(3):
-                    client = await f.connect(server)
-                    greeting = await client.startup(guid)
+                    client = await f.connect(server, guid)
+                    greeting = await client.startup()
                     assert greeting.ms_list is not None
                     per_server.append(greeting.ms_list.ms_list)
                     await client.close()
@@ -82,9 +82,9 @@ def test_current_list_gets_ready_only_stale_gets_ms_list(redis_url: str, namespa
             await f.set("host", "a,b,c")
             await f.set(ALGORITHM, "roundrobin")
             await f.set("indirect.agent.lb.check.interval", "30")
-            await (await f.connect(0)).startup("first")  # rank 0
-            probe = await f.connect(1)
-            first = await probe.startup("second")  # rank 1: b,c,a
+            await (await f.connect(0, "first")).startup()  # rank 0
+            probe = await f.connect(1, "second")
+            first = await probe.startup()  # rank 1: b,c,a
             assert first.ms_list is not None and first.ms_list.ms_list == ["b", "c", "a"]
             await probe.close()
 
@@ -96,8 +96,8 @@ def test_current_list_gets_ready_only_stale_gets_ms_list(redis_url: str, namespa
                 ([], None, True),  # nothing yet
             ]
             for server, (held, algorithm, stale) in enumerate(cases):
-                client = await f.connect(server % 2)
-                greeting = await client.startup("second", ms_list=held, algorithm=algorithm)
+                client = await f.connect(server % 2, "second")
+                greeting = await client.startup(ms_list=held, algorithm=algorithm)
                 ready = greeting.ready
                 assert (ready.host_id, ready.ping_interval, ready.ping_timeout) == (2, 5, 3)
                 assert ready.check_interval == 30
@@ -114,8 +114,8 @@ def test_current_list_gets_ready_only_stale_gets_ms_list(redis_url: str, namespa
 def test_host_unset_pushes_no_list(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=1) as f:
-            client = await f.connect()
-            greeting = await client.startup("keeps", ms_list=["own1", "own2"], algorithm="static")
+            client = await f.connect(0, "keeps")
+            greeting = await client.startup(ms_list=["own1", "own2"], algorithm="static")
             assert greeting.ms_list is None
             assert greeting.ready.check_interval == 0
             await f.set(ALGORITHM, "roundrobin")
@@ -140,8 +140,8 @@ def test_ssvm_and_cpvm_take_ranks_in_their_zone_storage_does_not(
                 ("c", "cpvm"),
                 ("x", "storage"),
             ]:
-                client = await f.connect()
-                greeting = await client.startup(guid, zone="z", host_type=host_type)
+                client = await f.connect(0, guid)
+                greeting = await client.startup(zone="z", host_type=host_type)
                 assert greeting.ms_list is not None
                 lists.append(greeting.ms_list.ms_list)
             # ranks 0, 1, 2; storage is not ranked and ranks last (3 of 3 ids: 3 % 3 = 0)

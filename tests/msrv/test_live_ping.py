@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.protocol import Ack, MsList
+from common.tokens import create_token
 from msctl.children import swarm_ready
 from tests.support.agents import SwarmProcess
 from tests.support.fleet import Fleet, fleet
@@ -29,10 +30,24 @@ def test_300_agents_ping_interval_5_1_5_no_session_dropped(
     redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        async with fleet(redis_url, namespace, servers=3) as f:
+        options = ("--startup-timeout", "30")
+        async with fleet(redis_url, namespace, servers=3, server_options=options) as f:
             await f.set("host", ",".join(f.addresses))
             await f.set("indirect.agent.lb.algorithm", "roundrobin")
-            swarm = SwarmProcess(tmp_path / "swarm", COUNT, ",".join(f.addresses))
+            token, _ = await create_token(f.redis, f.keys, ttl_seconds=600, uses=COUNT)
+            # 300 enrollments and TLS handshakes in one process can take an agent past the
+            # default connect.timeout (3 s), or the server's handshake bound (the startup
+            # timeout, 10 s), on a busy machine: it would land on its second entry and stay
+            # there (its first entry never changes), never settling below
+            swarm = SwarmProcess(
+                tmp_path / "swarm",
+                COUNT,
+                ",".join(f.addresses),
+                "--token",
+                token,
+                "--property",
+                "connect.timeout=20",
+            )
             await swarm.start(ready=swarm_ready(COUNT), timeout=60)
             # agents whose first entry changed move there (make-before-break): let them settle
             address = {s.server_id: s.address for s in f.servers}
@@ -72,8 +87,8 @@ def test_the_silence_limit_follows_what_the_agent_was_told_until_it_acks(
             await f.set("host", "a,b")
             await f.set("ping.interval", "2")
             await f.set("ping.timeout", "2")
-            client = await f.connect(auto_ack=False)
-            ready = (await client.startup("h1", ms_list=["a", "b"], algorithm="static")).ready
+            client = await f.connect(0, "h1", auto_ack=False)
+            ready = (await client.startup(ms_list=["a", "b"], algorithm="static")).ready
             assert (ready.ping_interval, ready.ping_timeout) == (2, 2)  # told: 4 s of silence
             client.keepalive(3.0)  # enough for 4 s, not for the new 1 x 2 = 2 s
             await f.set("ping.interval", "1")

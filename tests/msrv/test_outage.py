@@ -20,8 +20,8 @@ ALGORITHM = "indirect.agent.lb.algorithm"
 async def _clients(f: Fleet, count: int) -> list[WireClient]:
     clients = []
     for i in range(count):
-        client = await f.connect(i % len(f.servers))
-        greeting = await client.startup(f"g{i}", name=f"h{i}")
+        client = await f.connect(i % len(f.servers), f"g{i}")
+        greeting = await client.startup(name=f"h{i}")
         assert greeting.ms_list is not None
         client.keepalive(1.0)
         clients.append(client)
@@ -33,7 +33,7 @@ async def _wait_all(f: Fleet, pattern: str) -> None:
 
 
 async def _refused_while_down(f: Fleet) -> None:
-    newcomer = await f.connect(0)
+    newcomer = await f.connect(0, "newcomer")
     await newcomer.send(Startup("newcomer", "n", "routing", "zone1", "c", [], None, ""))
     error = await newcomer.wait_error_and_close()
     assert (error.code, error.retryable) == (ErrorCode.UNAVAILABLE, True)
@@ -68,8 +68,8 @@ def test_redis_restart_with_data_sessions_survive_and_changes_flow(
             await _wait_all(f, "Redis is back")
             assert not any(c.closed.is_set() for c in clients)
             # new agents are welcome again, and the registry is whole
-            late = await f.connect(2)
-            assert (await late.startup("late")).ms_list is not None
+            late = await f.connect(2, "late")
+            assert (await late.startup()).ms_list is not None
             hosts = await f.hosts()
             assert len(hosts) == 13
             assert {h.state for h in hosts} == {HostState.CONNECTED}
@@ -103,8 +103,8 @@ def test_empty_redis_after_restart_never_wipes_lists(
             assert {h.state for h in hosts} == {HostState.CONNECTED}
             assert int(await f.redis.get(f.keys.host_id_counter) or 0) == 6
             # a newcomer gets the last-known settings, and a new id
-            late = await f.connect(0)
-            greeting = await late.startup("late")
+            late = await f.connect(0, "late")
+            greeting = await late.startup()
             assert greeting.ready.host_id == 7 and greeting.ready.check_interval == 30
 
             # the operator sets the settings again: that change is applied

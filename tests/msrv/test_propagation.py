@@ -21,8 +21,8 @@ CHECK = "indirect.agent.lb.check.interval"
 
 async def _start(f: Fleet, count: int, cluster_of: dict[int, str]) -> list[WireClient]:
     async def one(i: int) -> WireClient:
-        client = await f.connect(i % len(f.servers))
-        greeting = await client.startup(f"guid-{i:04d}", cluster=cluster_of[i], name=f"h{i}")
+        client = await f.connect(i % len(f.servers), f"guid-{i:04d}")
+        greeting = await client.startup(cluster=cluster_of[i], name=f"h{i}")
         assert greeting.ms_list is not None
         return client
 
@@ -89,18 +89,18 @@ def test_cluster_override_of_check_interval_reaches_only_that_cluster(
             clusters = ["c1", "c2", "c1", "c2", "c3", "c1"]
             clients = []
             for i, cluster in enumerate(clusters):
-                client = await f.connect(i % 2)
-                greeting = await client.startup(f"g{i}", cluster=cluster)
+                client = await f.connect(i % 2, f"g{i}")
+                greeting = await client.startup(cluster=cluster)
                 assert greeting.ready.check_interval == 10
                 clients.append(client)
             c1 = [c for c, cl in zip(clients, clusters, strict=True) if cl == "c1"]
 
             await f.set(CHECK, "20", cluster="c1")
             assert {m.check_interval for m in await _next_lists(c1)} == {20}
-            late = await f.connect(1)
-            assert (await late.startup("late", cluster="c1")).ready.check_interval == 20
-            other = await f.connect(0)
-            assert (await other.startup("other", cluster="c2")).ready.check_interval == 10
+            late = await f.connect(1, "late")
+            assert (await late.startup(cluster="c1")).ready.check_interval == 20
+            other = await f.connect(0, "other")
+            assert (await other.startup(cluster="c2")).ready.check_interval == 10
 
             await f.store.unset(CHECK, cluster="c1")  # falls back to the global value
             assert {m.check_interval for m in await _next_lists([*c1, late])} == {10}
@@ -127,8 +127,8 @@ def test_a_change_whose_event_was_lost_is_found_by_the_version_poll(
     async def scenario() -> None:
         async with fleet(redis_url, namespace, servers=1) as f:
             await f.set("host", "a,b")
-            client = await f.connect()
-            await client.startup("h1")
+            client = await f.connect(0, "h1")
+            await client.startup()
             keys = f.keys
             async with f.redis.pipeline(transaction=True) as pipe:  # no PUBLISH
                 pipe.hset(keys.settings, "host", "a,b,c")
@@ -151,12 +151,12 @@ def test_a_host_removed_elsewhere_moves_the_ranks_and_the_server_pushes(
         async with fleet(redis_url, namespace, servers=2) as f:
             await f.set("host", "a,b,c")
             await f.set(ALGORITHM, "roundrobin")
-            first = await f.connect(1)
-            await first.startup("g1", zone="z")  # id 1, rank 0
-            gone = await f.connect(1)
-            await gone.startup("g2", zone="z")  # id 2, rank 1
-            client = await f.connect(0)
-            assert (await client.startup("g3", zone="z")).ms_list == MsList(
+            first = await f.connect(1, "g1")
+            await first.startup(zone="z")  # id 1, rank 0
+            gone = await f.connect(1, "g2")
+            await gone.startup(zone="z")  # id 2, rank 1
+            client = await f.connect(0, "g3")
+            assert (await client.startup(zone="z")).ms_list == MsList(
                 ["c", "a", "b"], "roundrobin", 0, 2, 5, 3
             )  # id 3, rank 2
             await gone.close()

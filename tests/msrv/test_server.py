@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import ssl
 
 import pytest
 
@@ -17,6 +18,7 @@ from msrv.config import ServerSettings
 from msrv.server import Server
 from tests.support.msrv_process import MsrvProcess
 from tests.support.redis_server import free_port
+from tests.support.tls import identity, namespace_ca
 from tests.support.wire_client import WireClient
 
 
@@ -55,8 +57,9 @@ def test_a_shared_task_that_fails_stops_the_server_with_exit_1(
             raise RuntimeError("a bug in a shared task")
 
         server.ctx.resync.run = failing_resync  # type: ignore[method-assign]
+        tls = await _identity(redis_url, namespace, "h1")
         serving = asyncio.create_task(server.serve())
-        client = await _connect_when_listening(port, serving)
+        client = await _connect_when_listening(port, serving, tls)
         await client.startup("h1")
         connected.set()
         code = await asyncio.wait_for(serving, 10)
@@ -64,7 +67,7 @@ def test_a_shared_task_that_fails_stops_the_server_with_exit_1(
         assert error.code == "shutting_down"
         await client.close()
         with pytest.raises(OSError):
-            await WireClient.connect("127.0.0.1", port, timeout=2)
+            await WireClient.connect("127.0.0.1", port, tls, timeout=2)
         redis = redis_from_url(redis_url)
         (record,) = await load_servers(redis, server.keys)
         await redis.aclose()
@@ -76,13 +79,25 @@ def test_a_shared_task_that_fails_stops_the_server_with_exit_1(
     assert "shared task 'resync' ended (RuntimeError('a bug in a shared task'))" in caplog.text
 
 
-async def _connect_when_listening(port: int, serving: asyncio.Task[int]) -> WireClient:
+async def _identity(redis_url: str, namespace: str, guid: str) -> ssl.SSLContext:
+    """A client certificate for `guid` from the namespace's CA (the server loads the same CA
+    when it starts, whichever of the two creates it)."""
+    redis = redis_from_url(redis_url)
+    try:
+        return identity(await namespace_ca(redis, namespace), guid)
+    finally:
+        await redis.aclose()
+
+
+async def _connect_when_listening(
+    port: int, serving: asyncio.Task[int], tls: ssl.SSLContext
+) -> WireClient:
     async with asyncio.timeout(10):
         while True:
             if serving.done():
                 raise AssertionError(f"the server ended: {serving.result()}")
             try:
-                return await WireClient.connect("127.0.0.1", port, timeout=1)
+                return await WireClient.connect("127.0.0.1", port, tls, timeout=1)
             except OSError:
                 await asyncio.sleep(0.05)
 
@@ -112,8 +127,9 @@ def test_a_shutdown_that_hangs_is_cut_short_with_exit_1(
 
         monkeypatch.setattr(msrv.server.os, "_exit", fake_exit)
         server.servers.deregister = hanging_deregister  # type: ignore[method-assign]
+        tls = await _identity(redis_url, namespace, "h1")
         serving = asyncio.create_task(server.serve())
-        await (await _connect_when_listening(port, serving)).close()
+        await (await _connect_when_listening(port, serving, tls)).close()
         server._on_signal()
         await asyncio.wait_for(exited.wait(), 0.2 + msrv.server.SHUTDOWN_GRACE + 2)
         serving.cancel()
