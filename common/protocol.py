@@ -236,6 +236,7 @@ def encode(message: Message) -> bytes:
 INT_LIMIT = 1 << 63  # whole numbers on the wire fit in a signed 64-bit integer
 MAX_LIST = 64  # entries in a startup's list
 MAX_ADDRESS = 300  # characters of a startup's `dialled` and of each list entry
+MAX_CN = 64  # characters of a certificate's subject CN (RFC 5280): an enrolling guid's limit
 
 
 def _text_ok(value: str) -> bool:
@@ -314,6 +315,8 @@ def _check_startup(message: Any) -> None:
 def _check_enroll(message: Any) -> None:
     assert isinstance(message, Enroll)
     check_word("guid", message.guid, required=True)
+    if len(message.guid) > MAX_CN:
+        raise ValidationError(f"guid: longer than {MAX_CN} characters, a certificate's name limit")
     if len(message.token_id) > 64 or len(message.secret) > 64:
         raise ValidationError("token: id or secret too long")
 

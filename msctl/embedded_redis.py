@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote
 
 import redis
@@ -172,6 +173,27 @@ class RedisServer:
         self.start()
 
 
+def _errors_keep_the_connection(handler: type[Any]) -> type[Any]:
+    """fakeredis's TCP handler (2.40) closes a connection after any error reply, where Redis
+    goes on: a script's first EVALSHA (NOSCRIPT, then redis-py loads it) cut the connection and
+    the caller got ConnectionError. Here a command's error is a reply like any other."""
+
+    class KeepOpenOnErrors(handler):  # type: ignore[misc]
+        def setup(self) -> None:
+            super().setup()
+            read_response = self.current_client.read_response
+
+            def reply_or_error() -> Any:
+                try:
+                    return read_response()
+                except redis.ResponseError as exc:
+                    return exc
+
+            self.current_client.read_response = reply_or_error
+
+    return KeepOpenOnErrors
+
+
 class FakeRedisTcp:
     """fakeredis's TCP server in a thread: same interface as RedisServer, no kill/restart.
 
@@ -196,6 +218,8 @@ class FakeRedisTcp:
 
         self.port = free_port()
         self._server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+        handler = cast(type[Any], self._server.RequestHandlerClass)
+        self._server.RequestHandlerClass = _errors_keep_the_connection(handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -29,6 +29,7 @@ from common.configstore import ConfigStore
 from common.connection import redacted
 from common.keys import Keys
 from common.properties import atomic_write
+from common.tokens import create_token
 from msctl.children import (
     ChildError,
     LoggedProcess,
@@ -43,6 +44,8 @@ from msctl.options import msctl_redis
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "lab.json"
+TOKEN_ENV = "AGENTD_TOKEN"
+LAB_TOKEN_TTL = 86400
 DEFAULT_PORT = 8250
 
 
@@ -137,11 +140,23 @@ class Lab:
         finally:
             await client.aclose()
 
+    async def join_token(self, uses: int) -> str:
+        """A join token for `uses` agents of this lab (valid for a day)."""
+        client = self.redis()
+        try:
+            token, _ = await create_token(client, self.keys, ttl_seconds=LAB_TOKEN_TTL, uses=uses)
+        finally:
+            await client.aclose()
+        return token
+
     async def start_swarm(self) -> None:
+        """The lab's agents, enrolled with a token the lab makes (passed in the environment:
+        a token on the command line would be in every user's `ps`)."""
         host = ",".join(self.addresses)
         args = ["-m", "agentd", "swarm", "--count", str(self.agents)]
         args += ["--dir", str(self.directory / "agents"), "--host", host, *self.swarm_args]
-        self.swarm = LoggedProcess("swarm", args)
+        env = {TOKEN_ENV: await self.join_token(self.agents)}
+        self.swarm = LoggedProcess("swarm", args, env=env)
         await self.swarm.start(ready=swarm_ready(self.agents), timeout=60 + self.agents / 50)
 
     async def add_server(self) -> LabServer:

@@ -1,10 +1,12 @@
 """`msctl lab demo`: the feature's example on a real lab, narrated and checked step by step.
 
-Three servers, three agents: static; roundrobin (A,B,C / B,C,A / C,A,B); shuffle; a server
-killed and its agent failing over; the server back with a check interval and the agent failing
-back; a move to a new set of servers. Each step waits (bounded) for what it shows, by reading the
-registry in Redis and the agents' agent.properties files; a step that does not happen raises
-DemoFailed naming it.
+Three servers, three agents (enrolled with a join token the lab makes): static; roundrobin
+(A,B,C / B,C,A / C,A,B); shuffle; a server killed and its agent failing over; the server back
+with a check interval and the agent failing back; a move to a new set of servers; a client with
+no certificate refused while the real agent keeps its session; a host enrolled with its own
+token, stopped and removed, whose certificate then opens no session. Each step waits (bounded)
+for what it shows, by reading the registry in Redis and the agents' agent.properties files; a
+step that does not happen raises DemoFailed naming it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from typing import TypeVar
 
 import click
 
+from common.ca import load_ca
 from common.errors import LbError
-from common.properties import AgentProperties
-from common.records import HostRecord, HostState, load_hosts
-from msctl.children import ChildError
+from common.properties import AgentProperties, atomic_write
+from common.protocol import Ca, Error, Startup, encode, read_message
+from common.records import HostRecord, HostState, load_hosts, remove_host
+from common.tls import enrollment_context
+from msctl.children import ChildError, LoggedProcess
 from msctl.lab import SHORT_NAMES, Lab
 from msctl.tables import format_table
 
@@ -151,6 +156,8 @@ class Demo:
 
         await self._failover_and_back(hosts)
         await self._migration()
+        await self._no_certificate()
+        await self._revocation()
 
     async def _failover_and_back(self, hosts: list[HostRecord]) -> None:
         lab = self.lab
@@ -226,3 +233,86 @@ class Demo:
         if lost:
             raise DemoFailedError(self.step, f"{lost} agents lost their session")
         self.show(f"ms1-ms{len(old)} stopped; every agent kept its session")
+
+    async def _no_certificate(self) -> None:
+        self.step = "trust"
+        victim = (await self.hosts())[0]
+        self.say(
+            f"trust: a client with no certificate sends a startup for {victim.name}'s guid;"
+            " it is refused and the real agent keeps its session"
+        )
+        host, port = self.lab.member(victim.server).listen.rsplit(":", 1)
+        client = self.lab.redis()
+        try:
+            ca = await load_ca(client, self.lab.keys)
+        finally:
+            await client.aclose()
+        assert ca is not None  # the servers made it
+        reader, writer = await asyncio.open_connection(
+            host, int(port), ssl=enrollment_context(ca.certificate_pem), server_hostname=host
+        )
+        try:
+            offered = await read_message(reader)
+            startup = Startup(victim.guid, "intruder", "routing", victim.zone, "", [], None, "")
+            writer.write(encode(startup))
+            await writer.drain()
+            answer = await read_message(reader)
+        finally:
+            writer.close()
+        if not isinstance(offered, Ca) or not isinstance(answer, Error):
+            raise DemoFailedError(self.step, f"the server answered {answer!r}")
+        self.show(f"refused: {answer.code}: {answer.message}")
+        after = {h.id: h for h in await self.hosts()}[victim.id]
+        if (after.session, after.state) != (victim.session, HostState.CONNECTED):
+            raise DemoFailedError(self.step, f"{victim.name}'s session changed")
+        self.show(f"{victim.name} still connected to {after.server}, same session")
+
+    async def _revocation(self) -> None:
+        lab = self.lab
+        self.step = "revocation"
+        self.say(
+            "revocation: a new host enrolls with a token of its own, stops, is removed;"
+            " its certificate then opens no session"
+        )
+        token = await lab.join_token(1)
+        self.show("$ msctl token create --uses 1   # lb1:<CA sha256>:<id>.<secret>")
+        folder = lab.directory / "hv-extra"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "agent.properties"
+        text = f"host={','.join(lab.addresses[-3:])}\nname=hv-extra\ntoken={token}\n"
+        atomic_write(path, text.encode(), mode=0o600)
+        agent = LoggedProcess("hv-extra", ["-m", "agentd", "run", "--properties", str(path)])
+        try:
+            await agent.start(ready=r"agent hv-extra: connected to", timeout=15)
+        except ChildError as exc:
+            raise DemoFailedError(self.step, f"hv-extra did not enroll: {exc}") from exc
+        if AgentProperties.load(path).get("token") is not None:
+            raise DemoFailedError(self.step, "the token line is still in agent.properties")
+        kept = ", ".join([*sorted(p.name for p in folder.glob("*.crt")), "agent.key (0600)"])
+        self.show(f"hv-extra enrolled ({kept}; token line removed) and connected")
+        await agent.stop(signal.SIGTERM)
+
+        async def stopped() -> HostRecord | None:
+            for h in await self.hosts():
+                if h.name == "hv-extra" and h.state == HostState.DISCONNECTED:
+                    return h
+            return None
+
+        host = await self.until("hv-extra disconnected", stopped, 10)
+        client = lab.redis()
+        try:
+            await remove_host(client, lab.keys, host.id)
+        finally:
+            await client.aclose()
+        self.show(
+            f"$ msctl hosts remove {host.id}   # hv-extra, stopped: its certificate is revoked"
+        )
+        await agent.start()
+        assert agent.process is not None
+        try:
+            code = await asyncio.wait_for(agent.process.wait(), 15)
+        except TimeoutError:
+            raise DemoFailedError(self.step, "hv-extra was not refused") from None
+        if code != 2 or not agent.matching("revoked"):
+            raise DemoFailedError(self.step, f"hv-extra exited {code}: {agent.tail(3)}")
+        self.show(f"hv-extra started again: refused (revoked), exit code {code}")

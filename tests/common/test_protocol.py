@@ -28,6 +28,11 @@ STARTUP = Startup(
         protocol.Ping(3),
         protocol.Pong(3),
         protocol.Error("unavailable", "redis is down", retryable=True),
+        protocol.Ca("-----BEGIN CERTIFICATE-----\n..."),
+        protocol.Enroll("g-1", "0a1b2c3d", "f" * 32, "-----BEGIN CERTIFICATE REQUEST-----"),
+        protocol.Enrolled("cert", "ca"),
+        protocol.Renew("csr"),
+        protocol.Renewed("cert", "ca"),
     ],
 )
 def test_every_message_round_trips_as_one_line(message):
@@ -59,6 +64,15 @@ def test_malformed_lines_raise_with_a_code(line, code):
     with pytest.raises(ProtocolError) as info:
         decode(line)
     assert info.value.code == code
+
+
+def test_an_enroll_keeps_its_secret_out_of_repr_and_its_guid_within_a_certificate_name():
+    enroll = protocol.Enroll("g-1", "0a1b2c3d", "s3cr3t" * 5, "csr")
+    assert "s3cr3t" not in repr(enroll)
+    too_long = encode(protocol.Enroll("g" * 65, "0a1b2c3d", "f" * 32, "csr"))
+    with pytest.raises(ProtocolError, match="longer than 64 characters") as info:
+        decode(too_long)
+    assert info.value.code == ErrorCode.BAD_MESSAGE
 
 
 def test_startup_without_guid_names_the_field():

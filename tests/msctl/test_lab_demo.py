@@ -6,7 +6,16 @@ import sys
 
 import pytest
 
-STEPS = ["static", "roundrobin", "shuffle", "failover", "failback", "migration"]
+STEPS = [
+    "static",
+    "roundrobin",
+    "shuffle",
+    "failover",
+    "failback",
+    "migration",
+    "trust",
+    "revocation",
+]
 
 
 def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -24,6 +33,8 @@ def check_output(out: str) -> None:
     for step in STEPS:
         assert f"==> {step}:" in out, out
     assert "ms1-ms3 stopped; every agent kept its session" in out
+    assert "refused: no_certificate:" in out
+    assert "hv-extra started again: refused (revoked), exit code 2" in out
     assert out.rstrip().splitlines()[-1].startswith("demo finished in")
     assert out.rstrip().endswith("every step checked")
 
