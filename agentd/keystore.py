@@ -113,16 +113,9 @@ class Keystore:
         """The key of the enrollment under way: the one an interrupted enrollment left in
         agent.key.pending, or a new one written there (atomically, mode 0600)."""
         self._refuse_if_enrolled()
-        for path in (self.pending_path, self.cert_path, self.ca_path):
+        for path in (self.cert_path, self.ca_path):
             remove_stale_temp_files(path)
-        if self.pending_path.exists():
-            try:
-                return _read_key(self.pending_path)
-            except PropertiesError as exc:
-                logger.warning("%s; making a new key", exc)
-        key = new_key()
-        atomic_write(self.pending_path, key_pem(key), mode=KEY_MODE)
-        return key
+        return _key_kept_in(self.pending_path)
 
     def complete(
         self, guid: str, certificate_pem: bytes, ca_pem: bytes, *, ca_fingerprint: str
@@ -156,15 +149,7 @@ class Keystore:
     def next_key(self) -> ec.EllipticCurvePrivateKey:
         """The key of the renewal under way: the one an interrupted renewal left in
         agent.key.next, or a new one written there (atomically, mode 0600)."""
-        remove_stale_temp_files(self.next_path)
-        if self.next_path.exists():
-            try:
-                return _read_key(self.next_path)
-            except PropertiesError as exc:
-                logger.warning("%s; making a new key", exc)
-        key = new_key()
-        atomic_write(self.next_path, key_pem(key), mode=KEY_MODE)
-        return key
+        return _key_kept_in(self.next_path)
 
     def complete_renewal(self, guid: str, certificate_pem: bytes) -> datetime.datetime:
         """Check the renewed certificate against the next key, `guid` and ca.crt, then write
@@ -194,6 +179,20 @@ class Keystore:
             raise PropertiesError(
                 f"{self.key_path}: already present; enrollment is for a host without a key"
             )
+
+
+def _key_kept_in(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The key an interrupted enrollment or renewal left in `path`, or a new one written there
+    (atomically, mode 0600 from before its first byte), so a retry asks for the same key."""
+    remove_stale_temp_files(path)
+    if path.exists():
+        try:
+            return _read_key(path)
+        except PropertiesError as exc:
+            logger.warning("%s; making a new key", exc)
+    key = new_key()
+    atomic_write(path, key_pem(key), mode=KEY_MODE)
+    return key
 
 
 def _check_enrolled(
