@@ -1,8 +1,15 @@
 """TLS for the benchmarks: certificates issued straight from a CA (the namespace's, read from
 Redis, or a fresh one) as enrollment would issue them (an EC P-256 key made here, a CSR, CN = the
-guid) for the benches' own clients and floors; the join token a swarm enrolls with; and
-`BenchLab`, a lab whose swarm enrolls with one, and whose servers can be given more hosts for
-their certificates (`msrv serve --tls-san`, for HAProxy passing TLS through).
+guid) for the benches' own clients and floors; agents' keystores provisioned the same way;
+the join token a swarm enrolls with; and `BenchLab`, a lab whose swarm's agents are provisioned
+(or enroll), and whose servers can be given more hosts for their certificates (`msrv serve
+--tls-san`, for HAProxy passing TLS through).
+
+Why provisioned by default: one swarm process of 3,000 agents that all enroll at once never got
+one enrolled in 300 s here (each enrollment is two TLS connections within the agent's 3 s
+connect timeout, and the one swarm process, on one core, cannot do 6,000 client handshakes in
+3 s: every attempt times out and is retried; see bench/README.md). Real hosts enroll on their
+own CPUs. `enroll=True` has the swarm enroll with a join token instead.
 
 The contexts come from common.tls, so a floor or a protocol client does the same handshake as
 an agent and msrv (TLS 1.3, the same curve, a client certificate, the server verified against
@@ -11,18 +18,32 @@ the dialled address).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ssl
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 
-from agentd.keystore import csr_pem
+from agentd import config
+from agentd.keystore import Keystore, csr_pem
+from agentd.swarm import SwarmSpec, prepare_properties
 from common.ca import CertificateAuthority, ensure_ca, key_pem, new_key
 from common.keys import Keys
+from common.properties import update_properties
 from common.tls import client_context_from_pem, server_context
 from common.tokens import create_token
+from msctl.children import LoggedProcess, swarm_ready
 from msctl.lab import Lab, LabServer
+
+# Seconds for a lab's swarm to have every agent connected. All its agents start at once and dial
+# the first entry of `host`: 3,000 of them took 40 s to 2 minutes here (the swarm's one process
+# cannot do 3,000 client handshakes within an agent's 3 s connect timeout, so most time out and
+# retry with backoff), where msctl.lab allows 60 s + 1 s per 50 agents.
+START_TIMEOUT = 600.0
 
 PEM = serialization.Encoding.PEM
 
@@ -62,6 +83,35 @@ class Identities:
         certificate, key = self.server(host)
         return server_context(certificate, key, self.ca.certificate_pem)
 
+    def provision(self, folder: Path, guid: str, validity_days: float = 30.0) -> None:
+        """The keystore an enrollment leaves (agent.key, agent.crt for `guid`, ca.crt), written
+        through the agent's own steps (agentd.keystore: pending key, checks, commit)."""
+        keystore = Keystore(folder)
+        key = keystore.pending_key()
+        certificate = self.ca.sign_csr(csr_pem(key, guid), guid, validity_days)
+        keystore.complete(
+            guid,
+            certificate.public_bytes(PEM),
+            self.ca.certificate_pem,
+            ca_fingerprint=self.ca.fingerprint,
+        )
+
+
+def provision_swarm(ids: Identities, spec: SwarmSpec) -> None:
+    """Agent folders of `spec` as `agentd swarm` makes them, each with a guid and a keystore
+    (16 threads: the writes fsync)."""
+
+    def one(index: int) -> None:
+        path = prepare_properties(spec, index)
+        if Keystore(path.parent).key_path.exists():
+            return
+        guid = str(uuid.uuid4())
+        update_properties(path, {config.GUID: guid})
+        ids.provision(path.parent, guid)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(1, spec.count + 1)))
+
 
 async def join_token(redis: aioredis.Redis, namespace: str, uses: int) -> str:
     """A join token of the namespace for `uses` enrollments, valid for a day."""
@@ -71,10 +121,12 @@ async def join_token(redis: aioredis.Redis, namespace: str, uses: int) -> str:
 
 @dataclass
 class BenchLab(Lab):
-    """A lab whose swarm enrolls with a join token made for it (one use per agent), and whose
-    servers' certificates also name `tls_san` (each server is started with `--tls-san`)."""
+    """A lab whose swarm's agents are provisioned keystores of the namespace's CA (or, with
+    `enroll`, enroll with a join token made for them, one use each), and whose servers'
+    certificates also name `tls_san` (each server is started with `--tls-san`)."""
 
     tls_san: tuple[str, ...] = field(default=())
+    enroll: bool = False
 
     async def token(self, uses: int) -> str:
         client = self.redis()
@@ -83,10 +135,30 @@ class BenchLab(Lab):
         finally:
             await client.aclose()
 
+    async def identities(self) -> Identities:
+        client = self.redis()
+        try:
+            return await Identities.of_namespace(client, self.namespace)
+        finally:
+            await client.aclose()
+
+    async def provision(self, directory: Path, count: int, host: str) -> None:
+        """`count` agents in `directory` (as `agentd swarm --dir`), enrolled already."""
+        ids = await self.identities()
+        spec = SwarmSpec(count, directory, host=host)
+        await asyncio.to_thread(provision_swarm, ids, spec)
+
     async def start_swarm(self) -> None:
-        token = await self.token(max(self.agents, 1))
-        self.swarm_args = (*self.swarm_args, "--token", token)
-        await super().start_swarm()
+        if self.enroll:
+            token = await self.token(max(self.agents, 1))
+            self.swarm_args = (*self.swarm_args, "--token", token)
+        else:
+            await self.provision(self.directory / "agents", self.agents, ",".join(self.addresses))
+        host = ",".join(self.addresses)
+        args = ["-m", "agentd", "swarm", "--count", str(self.agents)]
+        args += ["--dir", str(self.directory / "agents"), "--host", host, *self.swarm_args]
+        self.swarm = LoggedProcess("swarm", args)
+        await self.swarm.start(ready=swarm_ready(self.agents), timeout=START_TIMEOUT)
 
     async def start_server(self, server_id: str) -> LabServer:
         member = self.member(server_id)

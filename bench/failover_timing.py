@@ -3,7 +3,8 @@ server and time until every agent that was on it is registered on another server
 
 A host's last_seen is stamped by the server when the session starts (the failover bench sets
 ping.interval to 60 s, so nothing else moves it during a phase): a move's time is that stamp
-minus the kill. The poll that saw the end is reported too.
+minus the kill. The poll that saw the end is reported too. The kill waits until the swarm and
+the servers are idle (`quiescent`), so that no move or handshake of before is still running.
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ async def poll_until(
         await asyncio.sleep(max(0.0, POLL - (time.monotonic() - started)))
 
 
+async def quiescent(lab: Lab, limit: float = 60.0, busy: float = 0.1) -> float:
+    """Until the swarm and every running server used less than `busy` of a core over one
+    second (a lab whose registry looks settled can still be closing the old sessions of its
+    agents' moves, or finishing handshakes); returns the seconds waited."""
+    started = time.monotonic()
+    pids = [m.child.pid for m in lab.members if m.running]
+    if lab.swarm is not None:
+        pids.append(lab.swarm.pid)
+    while time.monotonic() - started < limit:
+        first = [benchlib.proc_sample(p) for p in pids]
+        await asyncio.sleep(1.0)
+        last = [benchlib.proc_sample(p) for p in pids]
+        if all(benchlib.cpu_share(a, b) < busy for a, b in zip(first, last, strict=True)):
+            break
+    return round(time.monotonic() - started, 1)
+
+
 def settled(lab: Lab, count: int) -> Condition:
     """Every host connected, on its list's first entry."""
     return lambda views: on_first_entry(lab, views) == count
@@ -65,6 +83,7 @@ def moved(victims: set[int], away_from: str | None, to: str | None) -> Condition
 async def failover_of(lab: Lab, server_id: str, views: list[HostView]) -> dict[str, object]:
     """SIGKILL `server_id`; time until its agents are registered elsewhere."""
     victims = {v.id for v in views if v.server == server_id and v.state == "connected"}
+    waited = await quiescent(lab)
     killed = time.time()
     await lab.kill_server(server_id, signal.SIGKILL)
     seen, after = await poll_until(lab, moved(victims, server_id, None), WAIT, "failover")
@@ -76,4 +95,5 @@ async def failover_of(lab: Lab, server_id: str, views: list[HostView]) -> dict[s
         "to": dict(sorted(spread.items())),
         **benchlib.summary(times),
         "seen_by_poll_s": round(seen - killed, 3),
+        "quiet_after_s": waited,
     }

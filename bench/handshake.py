@@ -11,6 +11,8 @@ every client has its answer; so is the clients' process. Each variant is a fresh
 - `listener`: the same context given to `asyncio.start_server(ssl=...)` instead
 - `plain`: no TLS at all (what the protocol costs without it)
 - any variant with `+no_tickets`: the server sends no TLS 1.3 session ticket (num_tickets = 0)
+- `+tickets`: the server sends OpenSSL's default two (num_tickets = 2)
+- `+x25519`: X25519 for the key exchange, on both sides, instead of common.tls's curve
 - `+uvloop`: the uvloop event loop, when it is installed (it is not a dependency)
 
     .venv/bin/python bench/handshake.py [--handshakes 1000] [--variants msrv,msrv+no_tickets]
@@ -72,6 +74,10 @@ async def serve(variant: str, listen: str, pems: Path, profile: Path | None) -> 
         )
         if "no_tickets" in parts:
             context.num_tickets = 0
+        if "tickets" in parts:
+            context.num_tickets = 2
+        if "x25519" in parts:
+            context.set_ecdh_curve("X25519")
     in_listener = "listener" in parts
     profiler = cProfile.Profile() if profile is not None else None
     held: set[asyncio.StreamWriter] = set()
@@ -115,7 +121,7 @@ async def serve(variant: str, listen: str, pems: Path, profile: Path | None) -> 
 # ---------------------------------------------------------------- the clients child
 
 
-async def clients(count: int, listen: str, pems: Path, tls: bool) -> None:
+async def clients(count: int, listen: str, pems: Path, tls: bool, curve: str | None) -> None:
     """Connect `count` clients at once (each with its own certificate); report when all have
     their answer, with the time the first connect started; then hold until stdin closes."""
     contexts: list[ssl.SSLContext | None] = [None] * count
@@ -128,6 +134,9 @@ async def clients(count: int, listen: str, pems: Path, tls: bool) -> None:
             )
             for i in range(count)
         ]
+        for context in contexts:
+            if context is not None and curve is not None:
+                context.set_ecdh_curve(curve)
     host, port = listen.rsplit(":", 1)
     print("handshake clients ready", file=sys.stderr, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # go
@@ -239,6 +248,8 @@ async def start_children(
     client_cmd = [ME, "--clients", str(count), "--listen", listen, "--pems", str(pems)]
     if "plain" in variant.split("+"):
         client_cmd.append("--plain")
+    if "x25519" in variant.split("+"):
+        client_cmd += ["--curve", "X25519"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSRV_")}
     client = await asyncio.create_subprocess_exec(
         sys.executable, *client_cmd, stdin=asyncio.subprocess.PIPE,
@@ -360,6 +371,7 @@ def main() -> None:
     parser.add_argument("--profile-to", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--curve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     benchlib.raise_nofile(2 * args.handshakes + 1024)
     if args.serve is not None:
@@ -371,7 +383,7 @@ def main() -> None:
             asyncio.run(serve(args.serve, args.listen, args.pems, args.profile_to))
         return
     if args.clients is not None:
-        asyncio.run(clients(args.clients, args.listen, args.pems, not args.plain))
+        asyncio.run(clients(args.clients, args.listen, args.pems, not args.plain, args.curve))
         return
     with benchlib.leftovers_killed():
         result = asyncio.run(asyncio.wait_for(run(args), DEADLINE))

@@ -2,8 +2,9 @@
 agent.
 
 A redis-server, one `msrv serve`, ping.interval 5 s (the default). Agents are added a step at a
-time (default 1,000), each step one more `agentd swarm` process, whose agents enroll with a join
-token (so every session is mutual TLS 1.3); once a step's agents are all
+time (default 1,000), each step one more `agentd swarm` process, whose agents are provisioned
+keystores of the namespace's CA first (as an enrollment leaves them: bench/benchtls.py), so
+every session is mutual TLS 1.3; once a step's agents are all
 connected and the startups are over (a few seconds), the server's /proc/<pid>/stat (utime +
 stime) and /proc/<pid>/status (VmRSS) are sampled over an idle window (default 10 s); the swarms'
 RSS and CPU too.
@@ -56,7 +57,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     rows: list[dict[str, object]] = []
     try:
         await lab.start(ping_interval="5")
-        token = await lab.token(args.max)
         server = lab.members[0].child.pid
         (cpu, rss), *_ = await measure([server], args.window)
         rows.append(
@@ -66,10 +66,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         while agents < args.max:
             size = min(args.step, args.max - agents)
             k = len(swarms) + 1
+            await lab.provision(workdir / f"swarm{k}", size, lab.addresses[0])
             swarm = LoggedProcess(
                 f"swarm{k}",
                 ["-m", "agentd", "swarm", "--count", str(size), "--dir", str(workdir / f"swarm{k}"),
-                 "--host", lab.addresses[0], "--token", token],
+                 "--host", lab.addresses[0]],
             )  # fmt: skip
             swarms.append(swarm)
             started = time.monotonic()
