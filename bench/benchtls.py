@@ -1,9 +1,9 @@
 """TLS for the benchmarks: certificates issued straight from a CA (the namespace's, read from
 Redis, or a fresh one) as enrollment would issue them (an EC P-256 key made here, a CSR, CN = the
-guid) for the benches' own clients and floors; agents' keystores provisioned the same way;
-the join token a swarm enrolls with; and `BenchLab`, a lab whose swarm's agents are provisioned
-(or enroll), and whose servers can be given more hosts for their certificates (`msrv serve
---tls-san`, for HAProxy passing TLS through).
+guid) for the benches' own clients and floors; agents' keystores provisioned the same way; and
+`BenchLab`, a lab whose swarm's agents are provisioned (or enroll with a join token), and whose
+servers can be given more hosts for their certificates (`msrv serve --tls-san`, for HAProxy
+passing TLS through).
 
 Why provisioned by default: one swarm process of 3,000 agents that all enroll at once never got
 one enrolled in 300 s here (each enrollment is two TLS connections within the agent's 3 s
@@ -35,9 +35,8 @@ from common.ca import CertificateAuthority, ensure_ca, key_pem, new_key
 from common.keys import Keys
 from common.properties import update_properties
 from common.tls import client_context_from_pem, server_context
-from common.tokens import create_token
 from msctl.children import LoggedProcess, swarm_ready
-from msctl.lab import Lab, LabServer
+from msctl.lab import TOKEN_ENV, Lab, LabServer
 
 # Seconds for a lab's swarm to have every agent connected. All its agents start at once and dial
 # the first entry of `host`: 3,000 of them took 40 s to 2 minutes here (the swarm's one process
@@ -113,12 +112,6 @@ def provision_swarm(ids: Identities, spec: SwarmSpec) -> None:
         list(pool.map(one, range(1, spec.count + 1)))
 
 
-async def join_token(redis: aioredis.Redis, namespace: str, uses: int) -> str:
-    """A join token of the namespace for `uses` enrollments, valid for a day."""
-    text, _ = await create_token(redis, Keys(namespace), ttl_seconds=86400, uses=uses)
-    return text
-
-
 @dataclass
 class BenchLab(Lab):
     """A lab whose swarm's agents are provisioned keystores of the namespace's CA (or, with
@@ -127,13 +120,6 @@ class BenchLab(Lab):
 
     tls_san: tuple[str, ...] = field(default=())
     enroll: bool = False
-
-    async def token(self, uses: int) -> str:
-        client = self.redis()
-        try:
-            return await join_token(client, self.namespace, uses)
-        finally:
-            await client.aclose()
 
     async def identities(self) -> Identities:
         client = self.redis()
@@ -149,15 +135,15 @@ class BenchLab(Lab):
         await asyncio.to_thread(provision_swarm, ids, spec)
 
     async def start_swarm(self) -> None:
+        env = {}
         if self.enroll:
-            token = await self.token(max(self.agents, 1))
-            self.swarm_args = (*self.swarm_args, "--token", token)
+            env[TOKEN_ENV] = await self.join_token(max(self.agents, 1))
         else:
             await self.provision(self.directory / "agents", self.agents, ",".join(self.addresses))
         host = ",".join(self.addresses)
         args = ["-m", "agentd", "swarm", "--count", str(self.agents)]
         args += ["--dir", str(self.directory / "agents"), "--host", host, *self.swarm_args]
-        self.swarm = LoggedProcess("swarm", args)
+        self.swarm = LoggedProcess("swarm", args, env=env)
         await self.swarm.start(ready=swarm_ready(self.agents), timeout=START_TIMEOUT)
 
     async def start_server(self, server_id: str) -> LabServer:
