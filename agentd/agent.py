@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 import time
@@ -49,6 +50,11 @@ class Agent:
         self.losses: collections.Counter[str] | None = None
         self._last_attempt = 0  # stamp of the last connection attempt (ms, strictly increasing)
         self.trust = AgentTrust(settings.path, settings.guid, settings.token, self.label)
+        # A swarm's agents share one gate: their TLS handshakes take turns on the process's one
+        # core, so that each completes within the connect timeout (all at once, 3,000 agents
+        # made none in time: each timed out, retried, and collided again). The connect
+        # timeout counts from the turn, not from the wait for it.
+        self.dial_gate: asyncio.Semaphore | None = None
 
     # ---- state seen by the checker, the swarm and tests
     @property
@@ -123,14 +129,15 @@ class Agent:
         )
 
     async def open_link(self, address: Address) -> Link:
-        return await Link.open(
-            address,
-            self.settings.port,
-            self.startup_message(address),
-            self.settings.connect_timeout,
-            self.label,
-            self.trust.context,
-        )
+        async with self.dial_gate or contextlib.nullcontext():
+            return await Link.open(
+                address,
+                self.settings.port,
+                self.startup_message(address),
+                self.settings.connect_timeout,
+                self.label,
+                self.trust.context,
+            )
 
     def _adopt(self, link: Link, replacing: Link | None) -> bool:
         """Make `link` the session unless the session changed meanwhile (then close it)."""
@@ -193,7 +200,8 @@ class Agent:
         settings = self.settings
 
         async def enroll_at(address: Address) -> None:
-            await self.trust.enroll_at(address, settings.port, settings.connect_timeout)
+            async with self.dial_gate or contextlib.nullcontext():
+                await self.trust.enroll_at(address, settings.port, settings.connect_timeout)
 
         await connect_with_failover(
             self.host_list.addresses,

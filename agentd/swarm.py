@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_EVERY = 1.0  # seconds between summary lines (written only when something changed)
 PERSIST_THREADS = 16  # fsync releases the GIL: a pool overlaps the agents' file writes
 QUIET_ABOVE = 50  # agents; a larger swarm logs summaries instead of a line per agent event
+DIALS_AT_ONCE = 64  # connection attempts (TLS handshakes) of a swarm's agents in flight at once
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class Swarm:
         self._stopping = asyncio.Event()
         self.losses: collections.Counter[str] = collections.Counter()
         self._refused: EveryServerRefusedError | None = None
+        gate = asyncio.Semaphore(DIALS_AT_ONCE)
+        for agent in agents:
+            agent.dial_gate = gate
         if len(agents) > QUIET_ABOVE:
             for agent in agents:
                 agent.losses = self.losses
