@@ -83,14 +83,13 @@ async def run_lab(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         await lab.start(
             algorithm="roundrobin", check_interval=str(args.check_interval), ping_interval="60"
         )
-        _, views = await poll_until(lab, settled(lab, n), 60 + n / 50, "start")
+        await poll_until(lab, settled(lab, n), 60 + n / 50, "start")
         assert lab.swarm is not None
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             recorder = Recorder(lab.swarm.pid, args.profile / "failover-swarm.txt", 60)
         await asyncio.sleep(1.0)
-        result["ours"] = await failover_of(lab, "ms1", views)
-        victims = {v.id for v in views if v.server == "ms1"}
+        result["ours"], victims = await failover_of(lab, "ms1")
         await asyncio.sleep(1.0)
         result["failback"] = await failback(lab, victims, args.check_interval)
         if recorder is not None:

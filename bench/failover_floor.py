@@ -170,9 +170,17 @@ async def _phase(count: int, script: str, wait: float, pems: Path | None) -> dic
     try:
         await clients.start(ready=rf"floor clients: {count} connected", timeout=60)
         await asyncio.sleep(1.0)
+        watched = {"clients": clients.pid, "floor2": servers[1].pid, "floor3": servers[2].pid}
+        before = {name: benchlib.proc_sample(pid) for name, pid in watched.items()}
         killed = time.time()
         await servers[0].stop(signal.SIGKILL)
         await clients.wait_for(r"^floor result ", timeout=wait + 10)
+        cpu = {
+            name: round(
+                (benchlib.proc_sample(pid).cpu_ticks - before[name].cpu_ticks) / benchlib.CLK_TCK, 2
+            )
+            for name, pid in watched.items()
+        }
         times = json.loads(clients.matching(r"^floor result ")[-1].split(" ", 2)[2])
     finally:
         for child in [clients, *servers]:
@@ -182,6 +190,7 @@ async def _phase(count: int, script: str, wait: float, pems: Path | None) -> dic
     return {
         "tls": pems is not None,
         "clients_moved": len(times),
+        "cpu_s": cpu,  # each process's CPU from the kill to the last client's answer
         "expected": lost,
         **benchlib.summary([t - killed for t in times]),
     }

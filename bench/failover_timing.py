@@ -80,20 +80,36 @@ def moved(victims: set[int], away_from: str | None, to: str | None) -> Condition
     return check
 
 
-async def failover_of(lab: Lab, server_id: str, views: list[HostView]) -> dict[str, object]:
-    """SIGKILL `server_id`; time until its agents are registered elsewhere."""
-    victims = {v.id for v in views if v.server == server_id and v.state == "connected"}
+async def failover_of(lab: Lab, server_id: str) -> tuple[dict[str, object], set[int]]:
+    """Once the lab is quiet, SIGKILL `server_id`; time until its agents (the hosts connected
+    to it then) are registered elsewhere. Returns the figures and those hosts' ids."""
     waited = await quiescent(lab)
+    views = await lab_views(lab)
+    victims = {v.id for v in views if v.server == server_id and v.state == "connected"}
+    watched = {
+        m.server_id: m.child.pid for m in lab.members if m.running and m.server_id != server_id
+    }
+    if lab.swarm is not None:
+        watched["swarm"] = lab.swarm.pid
+    before = {name: benchlib.proc_sample(pid) for name, pid in watched.items()}
     killed = time.time()
     await lab.kill_server(server_id, signal.SIGKILL)
     seen, after = await poll_until(lab, moved(victims, server_id, None), WAIT, "failover")
+    cpu = {
+        name: round(
+            (benchlib.proc_sample(pid).cpu_ticks - before[name].cpu_ticks) / benchlib.CLK_TCK, 2
+        )
+        for name, pid in watched.items()
+    }
     times = [v.last_seen - killed for v in after if v.id in victims]
     spread = collections.Counter(v.server for v in after if v.id in victims)
-    return {
+    figures: dict[str, object] = {
         "killed": server_id,
         "agents_moved": len(victims),
         "to": dict(sorted(spread.items())),
         **benchlib.summary(times),
         "seen_by_poll_s": round(seen - killed, 3),
         "quiet_after_s": waited,
+        "cpu_s": cpu,  # each process's CPU from the kill to the poll that saw the end
     }
+    return figures, victims

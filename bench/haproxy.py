@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchlib import lab_views
-from failover_timing import Condition, failover_of, poll_until
+from failover_timing import Condition, failover_of, poll_until, quiescent
 
 from msctl.embedded_redis import free_port
 from msctl.lab import Lab
@@ -115,10 +115,11 @@ async def run_phase(lab: Lab, workdir: Path, agents: int) -> dict[str, object]:
         await lab.configure(check_interval="0", host=proxy.listen)
         behind = behind_proxy(proxy.listen, agents)
         await poll_until(lab, behind, 60 + agents / 50, "move behind haproxy")
-        await asyncio.sleep(2.0)  # the make-before-break moves close their old sessions
+        await quiescent(lab)  # the make-before-break moves close their old sessions
         views = await lab_views(lab)
         spread = collections.Counter(v.server for v in views if v.state == "connected")
         target = spread.most_common(1)[0][0]
-        return {"spread": dict(sorted(spread.items())), **await failover_of(lab, target, views)}
+        figures, _ = await failover_of(lab, target)
+        return {"spread": dict(sorted(spread.items())), **figures}
     finally:
         proxy.stop()
