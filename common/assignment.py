@@ -5,14 +5,21 @@ An `Assignment` is the list (with its algorithm and the settings that travel wit
 should hold under the settings in force; a `Holding` is what a server knows the host holds (what
 it reported at startup, or the last list it acknowledged). A push is due when they differ in the
 sense of the algorithm's `compare`, or in a setting that travels with the list.
+
+The avoid list (DESIGN, Maintenance): the entries of `host` that name a server out of service
+are left out of every host's list, after the algorithm ordered it, so a host keeps its order
+and only the hosts whose first entry it was get a new first entry. A list that would be left
+empty is kept whole: agents are never told to go nowhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from common import algorithms
+from common.addresses import parse_address
+from common.errors import ValidationError
 from common.settings import EffectiveSettings
 
 
@@ -39,13 +46,32 @@ class Holding:
     ping_timeout: int | None = None
 
 
+def left_out(host: Sequence[str] | None, avoid: Collection[str]) -> frozenset[str]:
+    """The entries of `host` to leave out of every list: those that dial the same endpoint
+    (a missing port is the default, 8250) as an address in `avoid` (the advertised addresses
+    of the servers out of service)."""
+    if not host or not avoid:
+        return frozenset()
+    avoided = {_endpoint(address) for address in avoid} - {None}
+    return frozenset(e for e in host if _endpoint(e) in avoided)
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    try:
+        return parse_address(address).endpoint()
+    except ValidationError:  # not an address: it names no entry
+        return None
+
+
 def assignment_for(
     settings: EffectiveSettings,
     ordered_ids: Sequence[int],
     host_id: int,
     shared: dict[Assignment, Assignment] | None = None,
+    leave_out: frozenset[str] = frozenset(),
 ) -> Assignment | None:
-    """The host's list, or None when `host` is unset (servers then push nothing).
+    """The host's list, or None when `host` is unset (servers then push nothing); the entries
+    in `leave_out` (from `left_out`) are dropped from it once ordered, unless that leaves none.
 
     With `shared`, equal assignments are one object: a recompute of a zone of 10^5 hosts then
     keeps a few alive instead of one per host, and the garbage collector's full passes, which
@@ -53,6 +79,8 @@ def assignment_for(
     if settings.host is None:
         return None
     ordered = algorithms.get(settings.algorithm).sort(settings.host, ordered_ids, host_id)
+    if leave_out:
+        ordered = [entry for entry in ordered if entry not in leave_out] or ordered
     assignment = Assignment(
         tuple(ordered),
         settings.algorithm,

@@ -18,6 +18,7 @@ class EventType(enum.StrEnum):
     HOSTS_REVOKED = "hosts.revoked"
     SERVER_UP = "server.up"
     SERVER_DOWN = "server.down"
+    SERVER_MAINTENANCE = "server.maintenance"
 
 
 def encode_event(event_type: EventType, **fields: Any) -> str:
@@ -38,6 +39,12 @@ def hosts_revoked(guid: str) -> str:
     """The host with this guid was removed and its certificates revoked: a server holding a
     session of it closes it."""
     return encode_event(EventType.HOSTS_REVOKED, guid=guid)
+
+
+def server_maintenance(server_id: str, state: str) -> str:
+    """A server's maintenance state changed (`preparing`, `maintenance`, or `running` once
+    cancelled): every server reads the states again and recomputes its lists."""
+    return encode_event(EventType.SERVER_MAINTENANCE, id=server_id, state=state)
 
 
 def decode_event(data: str | bytes) -> dict[str, Any]:

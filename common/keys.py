@@ -139,3 +139,8 @@ class Keys:
     def server_alive(self, server_id: str) -> str:
         """String with a TTL, refreshed while the server lives."""
         return self._k("server", server_id, "alive")
+
+    def server_maintenance(self, server_id: str) -> str:
+        """String `preparing` or `maintenance` while the server is out of service (absent: in
+        service); no TTL, so it outlives the server's restarts (common.maintenance)."""
+        return self._k("server", server_id, "maintenance")

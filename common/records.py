@@ -10,7 +10,9 @@ sorted set (score = id) of the zone's ranked hosts, `ns:zones` the set of zones.
 Server `ns:server:<id>` (hash): id, address, state, started, last_seen, agents, settings_version
 (the settings version the server applies, which stays ahead of Redis's own after Redis lost its
 data); `ns:servers`
-the set of ids; `ns:server:<id>:alive` a key whose TTL the running server keeps refreshing.
+the set of ids; `ns:server:<id>:alive` a key whose TTL the running server keeps refreshing;
+`ns:server:<id>:maintenance` `preparing` or `maintenance` while the server is out of service
+(common.maintenance), kept across its restarts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class ServerState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     DOWN = "down"  # never stored: a running server whose liveness key expired
+    # out of service (common.maintenance): stored in the server's maintenance key, not its hash
+    PREPARING = "preparing"  # its agents are moving off it
+    MAINTENANCE = "maintenance"  # it holds no agent and refuses startups
+
+
+OUT_OF_SERVICE = frozenset({ServerState.PREPARING, ServerState.MAINTENANCE})
 
 
 def _csv(items: tuple[str, ...]) -> str:
@@ -156,6 +164,7 @@ class ServerRecord:
     started: float = 0.0
     last_seen: float = 0.0
     settings_version: int = 0
+    alive: bool = False  # the process runs (its liveness key is fresh), whatever the state
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -169,28 +178,40 @@ class ServerRecord:
         }
 
     @classmethod
-    def from_hash(cls, server_id: str, fields: Mapping[str, str], alive: bool) -> ServerRecord:
-        """`down` is derived here (a running server whose liveness key expired), and so is the
-        agent count: the stored one is the last the server wrote, and a server that is not
+    def from_hash(
+        cls,
+        server_id: str,
+        fields: Mapping[str, str],
+        alive: bool,
+        maintenance: str | None = None,
+    ) -> ServerRecord:
+        """The state shown is derived here: the maintenance state when the server is out of
+        service (whether its process runs or not: it stays so across restarts), else `down`
+        for a running server whose liveness key expired, else the stored one. So is the agent
+        count: the stored one is the last the server wrote, and a server whose process is not
         running holds no live session, so it counts 0 (as its hosts show disconnected)."""
-        state = fields.get("state", ServerState.DOWN)
-        if state == ServerState.RUNNING and not alive:
-            state = ServerState.DOWN
+        stored = fields.get("state", ServerState.DOWN)
+        running = stored == ServerState.RUNNING and alive
+        state = stored if running or stored != ServerState.RUNNING else ServerState.DOWN
+        if maintenance in OUT_OF_SERVICE:
+            state = ServerState(maintenance)
         return cls(
             id=server_id,
             address=fields.get("address", ""),
             state=state,
-            agents=int(_number(fields.get("agents"))) if state == ServerState.RUNNING else 0,
+            agents=int(_number(fields.get("agents"))) if running else 0,
             started=_number(fields.get("started")),
             last_seen=_number(fields.get("last_seen")),
             settings_version=int(_number(fields.get("settings_version"))),
+            alive=running,
         )
 
     def as_json(self) -> dict[str, Any]:
-        """The `msctl servers --json` shape (the design's fields; settings_version is for
-        `msctl status`)."""
+        """The `msctl servers --json` shape (the design's fields; settings_version and alive
+        are for `msctl status`)."""
         body = asdict(self)
         body.pop("settings_version")
+        body.pop("alive")
         return body
 
 
@@ -200,11 +221,14 @@ async def load_servers(redis: aioredis.Redis, keys: Keys) -> list[ServerRecord]:
         for server_id in ids:
             pipe.hgetall(keys.server(server_id))
             pipe.exists(keys.server_alive(server_id))
+            pipe.get(keys.server_maintenance(server_id))
         replies = await pipe.execute()
     return [
-        ServerRecord.from_hash(server_id, replies[2 * i], bool(replies[2 * i + 1]))
-        for i, server_id in enumerate(ids)
-        if replies[2 * i]
+        ServerRecord.from_hash(server_id, fields, bool(alive), maintenance)
+        for server_id, fields, alive, maintenance in zip(
+            ids, replies[0::3], replies[1::3], replies[2::3], strict=True
+        )
+        if fields
     ]
 
 
@@ -216,7 +240,7 @@ async def load_hosts(redis: aioredis.Redis, keys: Keys) -> list[HostRecord]:
             pipe.hgetall(keys.host(host_id))
         replies = await pipe.execute()
     hosts = [HostRecord.from_hash(i, r) for i, r in zip(ids, replies, strict=True) if r]
-    running = {s.id for s in await load_servers(redis, keys) if s.state == ServerState.RUNNING}
+    running = {s.id for s in await load_servers(redis, keys) if s.alive}
     return [
         h
         if h.state != HostState.CONNECTED or h.server in running

@@ -9,7 +9,7 @@ from msctl.ca_cmd import ca_group
 from msctl.config_cmd import config_group
 from msctl.hosts_cmd import hosts_group
 from msctl.lab_cmd import lab_group
-from msctl.servers_cmd import servers_command
+from msctl.servers_cmd import servers_group
 from msctl.status_cmd import status_command
 from msctl.token_cmd import token_group
 
@@ -25,7 +25,7 @@ def cli(verbose: int) -> None:
 cli.add_command(config_group)
 cli.add_command(lab_group)
 cli.add_command(hosts_group)
-cli.add_command(servers_command)
+cli.add_command(servers_group)
 cli.add_command(status_command)
 cli.add_command(token_group)
 cli.add_command(ca_group)

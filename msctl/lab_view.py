@@ -1,8 +1,9 @@
 """What `msctl lab up` shows while it runs: each server's state and agent count, the config
 version and how many agents hold it.
 
-A server's state and agent count are `msctl servers`'s (common.records.ServerRecord: a server
-that is not running counts 0), so the two views never disagree."""
+A server's state (running, preparing, maintenance, stopped, down) and agent count are `msctl
+servers`'s (common.records.ServerRecord: a server whose process is not running counts 0), so the
+two views never disagree."""
 
 from __future__ import annotations
 
@@ -45,5 +46,5 @@ async def read_view(redis: aioredis.Redis, keys: Keys) -> LabView:
         servers=[(s.id, s.address, str(s.state), s.agents) for s in servers],
         agents=len(hosts),
         connected=len(connected),
-        holding=len(connected) - len(stale_hosts(snapshot, hosts)),
+        holding=len(connected) - len(stale_hosts(snapshot, hosts, servers)),
     )

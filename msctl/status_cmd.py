@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import click
 import redis.asyncio as aioredis
 
-from common.assignment import Assignment, Holding, assignment_for, holds
+from common.assignment import Assignment, Holding, assignment_for, holds, left_out
 from common.ca import load_ca
 from common.configstore import ConfigSnapshot, ConfigStore
 from common.errors import UnknownAlgorithmError
+from common.maintenance import avoided
 from common.records import (
+    OUT_OF_SERVICE,
     HostRecord,
     HostState,
     ServerRecord,
@@ -54,10 +57,13 @@ def holding_of(host: HostRecord, assignment: Assignment) -> Holding:
     )
 
 
-def stale_hosts(snapshot: ConfigSnapshot, hosts: list[HostRecord]) -> list[HostRecord]:
+def stale_hosts(
+    snapshot: ConfigSnapshot, hosts: list[HostRecord], servers: Sequence[ServerRecord] = ()
+) -> list[HostRecord]:
     """Connected hosts that do not hold the list their server should push (the servers' own
-    computation, common.assignment). `hosts` come sorted by id, so a zone's ranked hosts are
-    in the order of its zone set."""
+    computation, common.assignment, with the avoid list of the servers out of service).
+    `hosts` come sorted by id, so a zone's ranked hosts are in the order of its zone set."""
+    leave_out = left_out(snapshot.effective().host, avoided(servers))
     ranked: dict[str, list[int]] = defaultdict(list)
     for host in hosts:
         if host.ranked:
@@ -68,16 +74,12 @@ def stale_hosts(snapshot: ConfigSnapshot, hosts: list[HostRecord]) -> list[HostR
             continue
         settings = snapshot.effective(host.cluster)
         try:
-            assignment = assignment_for(settings, ranked[host.zone], host.id)
+            assignment = assignment_for(settings, ranked[host.zone], host.id, None, leave_out)
         except UnknownAlgorithmError:
             continue
         if assignment is not None and not holds(assignment, holding_of(host, assignment)):
             stale.append(host)
     return stale
-
-
-def _running(fleet: Fleet) -> list[ServerRecord]:
-    return [s for s in fleet.servers if s.state == ServerState.RUNNING]
 
 
 def _by_version(servers: list[ServerRecord]) -> str:
@@ -91,7 +93,7 @@ def _by_version(servers: list[ServerRecord]) -> str:
 def _lost_settings(fleet: Fleet) -> str | None:
     """Running servers that apply a newer settings version than Redis holds: Redis lost its
     data (or was replaced), and those servers keep their last-known settings (msrv.balancer)."""
-    ahead = [s for s in _running(fleet) if s.settings_version > fleet.snapshot.version]
+    ahead = [s for s in fleet.servers if s.alive and s.settings_version > fleet.snapshot.version]
     if not ahead:
         return None
     return (
@@ -113,12 +115,21 @@ def _warnings(fleet: Fleet) -> list[str]:
             "`host` is not set: servers push no list and agents keep theirs; "
             "set it with `msctl config set host A,B,C`"
         )
-    if not _running(fleet):
+    if not any(s.alive for s in fleet.servers):
         warnings.append("no management server is running")
+    elif not any(s.state == ServerState.RUNNING for s in fleet.servers):
+        warnings.append("no management server is in service: every running one is out of service")
     down = [printable(s.id) for s in fleet.servers if s.state == ServerState.DOWN]
     if down:
         warnings.append(f"servers down (no liveness refresh): {', '.join(down)}")
-    stale = stale_hosts(fleet.snapshot, fleet.hosts)
+    for server in fleet.servers:
+        if server.state == ServerState.PREPARING:
+            shown = printable(server.id)
+            warnings.append(
+                f"server {shown} is preparing for maintenance: {server.agents} agents left on it "
+                f"(`msctl servers maintenance {shown} --wait` shows them leave)"
+            )
+    stale = stale_hosts(fleet.snapshot, fleet.hosts, fleet.servers)
     if stale:
         ids = ", ".join(str(h.id) for h in stale[:10]) + (", ..." if len(stale) > 10 else "")
         warnings.append(f"{len(stale)} connected hosts have not acknowledged their list: {ids}")
@@ -208,10 +219,23 @@ def _summary(fleet: Fleet) -> list[tuple[str, str]]:
         ("hosts", _counts(hosts, len(fleet.hosts))),
         ("zones", str(len({h.zone for h in fleet.hosts}))),
     ]
-    running = _running(fleet)
+    out = [s for s in fleet.servers if s.state in OUT_OF_SERVICE]
+    if out:
+        rows.insert(-2, ("out of service", ", ".join(_out_of_service(s) for s in out)))
+    running = [s for s in fleet.servers if s.alive]
     if any(s.settings_version != fleet.snapshot.version for s in running):
         rows.insert(1, ("servers apply", _by_version(running)))
     return rows
+
+
+def _out_of_service(server: ServerRecord) -> str:
+    """`ms1 (maintenance)`, `ms2 (preparing, 12 agents left)`, `ms3 (maintenance, stopped)`."""
+    notes = [str(server.state)]
+    if server.state == ServerState.PREPARING:
+        notes.append(f"{server.agents} agents left")
+    if not server.alive:
+        notes.append("not running")
+    return f"{printable(server.id)} ({', '.join(notes)})"
 
 
 def _counts(counter: Counter[str], total: int) -> str:

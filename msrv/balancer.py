@@ -8,6 +8,9 @@ costs O(n log n). Recomputes hold one lock, so they never interleave.
 
 Admission (a new session) uses the zone's cached ids, which the session brought up to date with
 its registration, so it runs without an await and a storm of startups costs no Redis read here.
+
+Every list leaves out the servers out of service (the avoid list, common.maintenance): the
+entries of `host` they are, found once per settings and avoid list.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from common.assignment import Assignment, Holding, assignment_for, holds
+from common.assignment import Assignment, Holding, assignment_for, holds, left_out
 from common.configstore import ConfigSnapshot
 from common.keys import Keys
 from common.settings import EffectiveSettings
@@ -74,6 +77,8 @@ class Balancer:
         self._effective: dict[str | None, EffectiveSettings] = {}  # of the snapshot, by cluster
         self.lock = asyncio.Lock()
         self.wanted_zones: set[str] = set()  # zones whose ranks could not be read at admission
+        self._avoid: frozenset[str] = frozenset()  # addresses of the servers out of service
+        self._leave_out: frozenset[str] | None = None  # their entries in `host`, once found
 
     @property
     def snapshot(self) -> ConfigSnapshot:
@@ -96,6 +101,25 @@ class Balancer:
         """Settings in force from now on (the caller recomputes)."""
         self._snapshot = snapshot
         self._effective = {}
+        self._leave_out = None
+
+    def avoid(self, addresses: frozenset[str]) -> None:
+        """The advertised addresses of the servers out of service (the caller recomputes)."""
+        self._avoid = addresses
+        self._leave_out = None
+
+    def leave_out(self) -> frozenset[str]:
+        """The entries of `host` every list leaves out (`host` is global)."""
+        if self._leave_out is None:
+            host = self.effective(None).host
+            self._leave_out = left_out(host, self._avoid)
+            if host and self._leave_out and len(self._leave_out) == len(host):
+                logger.warning(
+                    "every server of `host` is out of service (%s): lists keep them all, "
+                    "agents would have nowhere else to go",
+                    ", ".join(sorted(self._leave_out)),
+                )
+        return self._leave_out
 
     # -- one host ----------------------------------------------------------------------------------
 
@@ -106,7 +130,9 @@ class Balancer:
         if ids is None:  # not read (Redis failed): compute now, the recompute corrects it
             ids = []
             self.wanted_zones.add(host.zone)
-        return assignment_for(self.effective(host.cluster), ids, host.host_id)
+        return assignment_for(
+            self.effective(host.cluster), ids, host.host_id, leave_out=self.leave_out()
+        )
 
     # -- zones -------------------------------------------------------------------------------------
 
@@ -133,12 +159,13 @@ class Balancer:
         snapshot = self.snapshot
         per_cluster: dict[str, EffectiveSettings] = {}
         shared: dict[Assignment, Assignment] = {}
+        leave_out = self.leave_out()
         pushed = 0
         for host in members:
             settings = per_cluster.get(host.cluster)
             if settings is None:
                 settings = per_cluster[host.cluster] = snapshot.effective(host.cluster)
-            assignment = assignment_for(settings, ids, host.host_id, shared)
+            assignment = assignment_for(settings, ids, host.host_id, shared, leave_out)
             if assignment is not None and push_due(assignment, host):
                 host.deliver(assignment, snapshot.version)
                 pushed += 1

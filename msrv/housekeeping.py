@@ -1,7 +1,8 @@
 """What a server does at a fixed rate (every refresh interval, the work's own time subtracted):
-refresh its liveness key, poll the settings for a change whose event was lost, push again the
-lists agents have not acknowledged, write the last_seen of the hosts it hears from, and
-re-assert the hosts it serves every reassert interval."""
+refresh its liveness key, poll the settings and maintenance states for a change whose event was
+lost, finish preparing for maintenance once it holds no session, push again the lists agents
+have not acknowledged, write the last_seen of the hosts it hears from, and re-assert the hosts
+it serves every reassert interval."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Housekeeping:
             try:
                 await self.refresh_liveness()
                 await self.ctx.resync.poll()
+                await self.ctx.resync.maintenance.finish_if_idle(self.ctx.table)
                 self.repush_unacked()
                 await self.write_last_seen()
                 if started - last_reassert >= settings.reassert_interval:

@@ -8,7 +8,8 @@
                                                        (a served host is marked disconnected)
 
 - connected: the connection is open (msrv.connection reads it); nothing is registered. A
-  startup is refused (retryable) while Redis is unavailable or the server is stopping.
+  startup is refused (retryable) while Redis is unavailable, the server is stopping, or it is
+  preparing for or in maintenance (msrv.maintenance).
 - registered: the registry gave the guid its id and recorded the session (a startup older than
   the host's live session elsewhere is refused as stale, msrv.registry); the zone's ranks are
   brought up to date with that registration (msrv.ranks).
@@ -171,6 +172,8 @@ class HostSession:
             self._refuse(ErrorCode.WRONG_HOST, "the startup's guid is not the certificate's", False)
         if not self.ctx.resync.available or self.ctx.table.closed:
             self._refuse(ErrorCode.UNAVAILABLE, "server cannot register hosts now; retry", True)
+        if self.ctx.resync.maintenance.refuses_startups:
+            self._refuse(ErrorCode.UNAVAILABLE, self._in_maintenance(), True)
         started = await self._register(message, certificate)
         record = started.record
         await self.ctx.balancer.ranks.catch_up(
@@ -235,6 +238,11 @@ class HostSession:
             )
             self._refuse(ErrorCode.SUPERSEDED, "a newer session of this host is live", True)
         return started
+
+    def _in_maintenance(self) -> str:
+        state = self.ctx.resync.maintenance.state
+        server = self.ctx.settings.server_id
+        return f"server {server} is in maintenance ({state}): try the next server of the list"
 
     def _refuse(self, code: str, message: str, retryable: bool) -> NoReturn:
         self.ctx.summary.note("refused")

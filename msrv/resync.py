@@ -7,7 +7,9 @@ States:
 
 - available: startups are registered; events (hints) and the poll (every refresh interval,
   for events pub/sub lost) request work, which `run` does, coalesced: a burst of registrations
-  costs one recompute of their zone.
+  costs one recompute of their zone. The servers' maintenance states (msrv.maintenance) are
+  read at start, on their event and on every poll; a change of the avoid list recomputes
+  every served zone.
 - unavailable: sessions are kept on the last-known settings; startups are refused with a
   retryable `error` (the agent tries its next server). The subscriber reconnects with backoff;
   once subscribed (nothing published from then on can be missed) it resyncs: settings, every
@@ -36,6 +38,7 @@ from redis.exceptions import RedisError
 from common.configstore import ConfigSnapshot, ConfigStore
 from common.events import EventType
 from msrv.balancer import Balancer
+from msrv.maintenance import ServerMaintenance
 from msrv.registry import HostRegistry, Write
 from msrv.table import SessionTable
 
@@ -73,16 +76,19 @@ class Resync:
         self.balancer = balancer
         self.registry = registry
         self.table = table
+        self.maintenance = ServerMaintenance(store.redis, store.keys, name)
         self.available = True  # Redis answers (the subscriber is connected)
         self.regressed = False  # Redis holds less than the settings applied
         self._subscribed_once = False
         self._wake = asyncio.Event()
         self._settings_request: bool | None = None  # None: none; else whether after an event
+        self._maintenance_request = False
         self._dirty_zones: set[str] = set()
 
     async def load(self) -> None:
-        """At start: the settings in force, whatever Redis holds."""
+        """At start: the settings in force, whatever Redis holds, and the avoid list."""
         self.balancer.apply(await self.store.snapshot())
+        await self.read_maintenance()
         logger.info("%s: settings at version %d", self.name, self.balancer.snapshot.version)
 
     # -- hints: events and the poll --------------------------------------------------------------
@@ -93,6 +99,8 @@ class Resync:
             self._request_settings(after_event=True)
         elif kind == EventType.HOSTS_CHANGED and isinstance(event.get("zone"), str):
             self._request_zone(event["zone"])
+        elif kind == EventType.SERVER_MAINTENANCE:
+            self._request_maintenance()
         else:
             logger.debug("%s: event %s not for servers", self.name, kind)
 
@@ -101,6 +109,7 @@ class Resync:
         applied = self.balancer.snapshot
         if await self.store.stamp() != (applied.epoch, applied.version):
             self._request_settings(after_event=False)
+        self._request_maintenance()
         if self.balancer.wanted_zones:
             for zone in self.balancer.wanted_zones:
                 self._request_zone(zone)
@@ -108,6 +117,10 @@ class Resync:
 
     def _request_settings(self, *, after_event: bool) -> None:
         self._settings_request = bool(self._settings_request) or after_event
+        self._wake.set()
+
+    def _request_maintenance(self) -> None:
+        self._maintenance_request = True
         self._wake.set()
 
     def _request_zone(self, zone: str) -> None:
@@ -123,19 +136,36 @@ class Resync:
             await self._wake.wait()
             self._wake.clear()
             after_event, self._settings_request = self._settings_request, None
+            maintenance, self._maintenance_request = self._maintenance_request, False
             zones, self._dirty_zones = self._dirty_zones, set()
             try:
-                if after_event is not None and await self.check_settings(after_event=after_event):
-                    continue  # every zone was just recomputed
-                if not self.regressed:  # zones are being rebuilt by every server's re-assert
-                    for zone in sorted(zones):
-                        await self.balancer.recompute_zone(zone)
+                await self._serve(after_event, maintenance, zones)
             except RedisError as exc:
                 # Keep the work for the next wake-up (an event, a poll or a resync).
                 logger.warning("%s: recompute failed, will retry: %s", self.name, exc)
                 if after_event is not None:
                     self._request_settings(after_event=after_event)
+                self._maintenance_request |= maintenance
                 self._dirty_zones |= zones
+
+    async def _serve(self, after_event: bool | None, maintenance: bool, zones: set[str]) -> None:
+        recomputed = after_event is not None and await self.check_settings(after_event=after_event)
+        if self.regressed:  # zones are being rebuilt by every server's re-assert
+            return
+        if maintenance and await self.read_maintenance() and not recomputed:
+            await self.balancer.recompute_all()
+            recomputed = True
+        if not recomputed:
+            for zone in sorted(zones):
+                await self.balancer.recompute_zone(zone)
+
+    async def read_maintenance(self) -> bool:
+        """Read the servers' maintenance states; whether the avoid list changed (it is then in
+        force: the caller recomputes)."""
+        changed = await self.maintenance.read()
+        if changed:
+            self.balancer.avoid(self.maintenance.avoid)
+        return changed
 
     async def check_settings(self, *, after_event: bool) -> bool:
         """Read the settings; apply them (and recompute every served zone) if `judge` says so.
@@ -182,6 +212,7 @@ class Resync:
     async def on_connected(self) -> None:
         """After (re)subscribing: settings, lists, then the hosts this server serves."""
         self.balancer.forget_unserved()
+        await self.read_maintenance()  # its events may have been missed too
         if not await self.check_settings(after_event=False) and not self.regressed:
             await self.balancer.recompute_all()  # zone events may have been missed
         await self.reassert()

@@ -281,6 +281,7 @@ class Server:
         await self._drain_connections()
         self.stage = "deregistering"
         with contextlib.suppress(RedisError):
+            await self.ctx.resync.maintenance.finish_if_idle(table)  # it holds none now
             await self.servers.deregister()
         self.stage = "stopping the shared tasks"
 
