@@ -2,11 +2,12 @@
 
 Three servers, three agents (enrolled with a join token the lab makes): static; roundrobin
 (A,B,C / B,C,A / C,A,B); shuffle; a server killed and its agent failing over; the server back
-with a check interval and the agent failing back; a move to a new set of servers; a client with
-no certificate refused while the real agent keeps its session; a host enrolled with its own
-token, stopped and removed, whose certificate then opens no session. Each step waits (bounded)
-for what it shows, by reading the registry in Redis and the agents' agent.properties files; a
-step that does not happen raises DemoFailed naming it.
+with a check interval and the agent failing back; a move to a new set of servers; a server taken
+out for maintenance, its agents moved without a lost session, then back in service; a client
+with no certificate refused while the real agent keeps its session; a host enrolled with its
+own token, stopped and removed, whose certificate then opens no session. Each step waits
+(bounded) for what it shows, by reading the registry in Redis and the agents' agent.properties
+files; a step that does not happen raises DemoFailed naming it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,19 @@ from typing import TypeVar
 
 import click
 
+from common import maintenance
 from common.ca import load_ca
 from common.errors import LbError
 from common.properties import AgentProperties, atomic_write
 from common.protocol import Ca, Error, Startup, encode, read_message
-from common.records import HostRecord, HostState, load_hosts, remove_host
+from common.records import (
+    HostRecord,
+    HostState,
+    ServerState,
+    load_hosts,
+    load_servers,
+    remove_host,
+)
 from common.tls import enrollment_context
 from msctl.children import ChildError, LoggedProcess
 from msctl.lab import SHORT_NAMES, Lab
@@ -156,6 +165,7 @@ class Demo:
 
         await self._failover_and_back(hosts)
         await self._migration()
+        await self._maintenance()
         await self._no_certificate()
         await self._revocation()
 
@@ -233,6 +243,61 @@ class Demo:
         if lost:
             raise DemoFailedError(self.step, f"{lost} agents lost their session")
         self.show(f"ms1-ms{len(old)} stopped; every agent kept its session")
+
+    async def _maintenance(self) -> None:
+        lab = self.lab
+        self.step = "maintenance"
+        hosts = await self.hosts()
+        target = hosts[0].server
+        moving = [h.name for h in hosts if h.server == target]
+        self.say(
+            f"maintenance: {target} is taken out of service; its agents move to their next"
+            " entry, make-before-break, and none loses its session"
+        )
+        swarm = lab.swarm
+        lost_before = swarm.count("lost server") if swarm is not None else 0
+        client = lab.redis()
+        try:
+            await maintenance.begin(client, lab.keys, target)
+        finally:
+            await client.aclose()
+        self.show(f"$ msctl servers maintenance {target} --wait")
+        began = time.monotonic()
+
+        async def emptied() -> list[HostRecord] | None:
+            client = lab.redis()
+            try:
+                servers = {s.id: s for s in await load_servers(client, lab.keys)}
+            finally:
+                await client.aclose()
+            hosts = await self.hosts()
+            if servers[target].state != ServerState.MAINTENANCE:
+                return None
+            if any(h.server == target or h.state != HostState.CONNECTED for h in hosts):
+                return None
+            return hosts
+
+        hosts = await self.until(f"{target} emptied", emptied, 20)
+        lost = (swarm.count("lost server") if swarm is not None else 0) - lost_before
+        if lost:
+            raise DemoFailedError(self.step, f"{lost} agents lost their session")
+        where = ", ".join(f"{h.name} on {h.server}" for h in hosts if h.name in moving)
+        self.show(f"{target} in maintenance after {time.monotonic() - began:.2f}s: {where}")
+        self.show(self.table(hosts))
+        client = lab.redis()
+        try:
+            await maintenance.cancel(client, lab.keys, target)
+        finally:
+            await client.aclose()
+        self.show(f"$ msctl servers cancel-maintenance {target}")
+        address = lab.member(target).listen
+
+        async def listed_again() -> list[HostRecord] | None:
+            hosts = await self.settled("roundrobin")
+            return hosts if hosts and all(address in h.ms_list for h in hosts) else None
+
+        await self.until(f"{target} back in every list", listed_again, 20)
+        self.show(f"{target} back in service: its address is in every list again")
 
     async def _no_certificate(self) -> None:
         self.step = "trust"

@@ -13,6 +13,7 @@ STEPS = [
     "failover",
     "failback",
     "migration",
+    "maintenance",
     "trust",
     "revocation",
 ]
@@ -33,6 +34,7 @@ def check_output(out: str) -> None:
     for step in STEPS:
         assert f"==> {step}:" in out, out
     assert "ms1-ms3 stopped; every agent kept its session" in out
+    assert "back in service: its address is in every list again" in out
     assert "refused: no_certificate:" in out
     assert "hv-extra started again: refused (revoked), exit code 2" in out
     assert out.rstrip().splitlines()[-1].startswith("demo finished in")
