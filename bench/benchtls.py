@@ -5,11 +5,11 @@ guid) for the benches' own clients and floors; agents' keystores provisioned the
 servers can be given more hosts for their certificates (`msrv serve --tls-san`, for HAProxy
 passing TLS through).
 
-Why provisioned by default: one swarm process of 3,000 agents that all enroll at once never got
-one enrolled in 300 s here (each enrollment is two TLS connections within the agent's 3 s
-connect timeout, and the one swarm process, on one core, cannot do 6,000 client handshakes in
-3 s: every attempt times out and is retried; see bench/README.md). Real hosts enroll on their
-own CPUs. `enroll=True` has the swarm enroll with a join token instead.
+Why provisioned by default: the benches time sessions, not enrollments, and a swarm of 3,000
+agents enrolling at once is a storm of its own (before the swarm's dial gate, 8a62b39, none of
+3,000 got enrolled in 300 s: two TLS connections each within the 3 s connect timeout, all on the
+swarm's one core). Real hosts enroll on their own CPUs. `enroll=True` has the swarm enroll with
+a join token instead.
 
 The contexts come from common.tls, so a floor or a protocol client does the same handshake as
 an agent and msrv (TLS 1.3, the same curve, a client certificate, the server verified against
@@ -39,9 +39,10 @@ from msctl.children import LoggedProcess, swarm_ready
 from msctl.lab import TOKEN_ENV, Lab, LabServer
 
 # Seconds for a lab's swarm to have every agent connected. All its agents start at once and dial
-# the first entry of `host`: 3,000 of them took 40 s to 2 minutes here (the swarm's one process
-# cannot do 3,000 client handshakes within an agent's 3 s connect timeout, so most time out and
-# retry with backoff), where msctl.lab allows 60 s + 1 s per 50 agents.
+# the first entry of `host`: before the swarm's dial gate (8a62b39), 3,000 of them took 40 s to
+# over 2 minutes here (the swarm's one process could not do 3,000 client handshakes within an
+# agent's 3 s connect timeout: most timed out and retried), where msctl.lab allows 60 s + 1 s
+# per 50 agents.
 START_TIMEOUT = 600.0
 
 PEM = serialization.Encoding.PEM
