@@ -129,15 +129,15 @@ class Agent:
         )
 
     async def open_link(self, address: Address) -> Link:
-        async with self.dial_gate or contextlib.nullcontext():
-            return await Link.open(
-                address,
-                self.settings.port,
-                self.startup_message(address),
-                self.settings.connect_timeout,
-                self.label,
-                self.trust.context,
-            )
+        return await Link.open(
+            address,
+            self.settings.port,
+            self.startup_message(address),
+            self.settings.connect_timeout,
+            self.label,
+            self.trust.context,
+            self.dial_gate,
+        )
 
     def _adopt(self, link: Link, replacing: Link | None) -> bool:
         """Make `link` the session unless the session changed meanwhile (then close it)."""

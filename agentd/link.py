@@ -70,19 +70,28 @@ class Link:
         connect_timeout: float,
         label: str,
         tls: ssl.SSLContext,
+        gate: asyncio.Semaphore | None = None,
     ) -> Link:
         """Dial, verify the server (its CA, and its certificate against the dialled host), and
-        complete the startup within `connect_timeout` seconds."""
+        complete the startup within `connect_timeout` seconds.
+
+        `gate` (a swarm's, shared by its agents) bounds the TLS handshakes in flight: the
+        connect and handshake wait for a turn, and the timeout counts from the turn; the
+        startup's round trip happens after the turn is given back."""
         host, port = address.endpoint(default_port)
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=server_hostname(host),
-                    limit=protocol.READER_LIMIT,
-                )
+            async with gate or contextlib.nullcontext():
+                deadline = loop.time() + connect_timeout
+                async with asyncio.timeout_at(deadline):
+                    reader, writer = await asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=tls,
+                        server_hostname=server_hostname(host),
+                        limit=protocol.READER_LIMIT,
+                    )
+            async with asyncio.timeout_at(deadline):
                 try:
                     writer.write(protocol.encode(startup))
                     await writer.drain()
