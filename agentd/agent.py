@@ -26,7 +26,9 @@ from common.protocol import MsList, Startup
 
 logger = logging.getLogger(__name__)
 
-MOVE_MAX_DELAY = 2.0  # seconds; spreads a fleet's moves to the first entry of a new list
+# seconds; spreads a fleet's moves to the first entry of a new list when its server paced none
+# (an `ms_list` with delay 0: an older server)
+MOVE_MAX_DELAY = 2.0
 
 
 class Agent:
@@ -259,6 +261,7 @@ class Agent:
     async def _on_ms_list(self, link: Link, message: MsList) -> None:
         # No check against older versions: the server is the authority, and a Redis that was
         # emptied and set again restarts its version counter.
+        received = time.monotonic()  # the server's delay counts from here, not from the save
         try:
             new_list = HostList(parse_address_list(",".join(message.ms_list)), message.algorithm)
         except ValidationError as exc:
@@ -282,7 +285,8 @@ class Agent:
         if self._should_move(before, new_list):
             if self._migration is not None:
                 self._migration.cancel()
-            self._migration = self._spawn(self._move_to_preferred(), "move")
+            move_at = received + message.delay if message.delay > 0 else None
+            self._migration = self._spawn(self._move_to_preferred(move_at), "move")
 
     def _should_move(self, before: HostList, after: HostList) -> bool:
         """Move when the current server left the list, or the list's first entry changed and is
@@ -296,11 +300,22 @@ class Agent:
             return True
         return self.endpoint(before.preferred) != self.endpoint(after.preferred)
 
-    async def _move_to_preferred(self) -> None:
-        """After a new list: go to its first entry, make-before-break, after a random delay that
-        spreads a fleet's moves. A server that is no longer listed is left for the first entry
-        that answers; one that is still listed is kept when the first entry does not answer."""
-        await asyncio.sleep(self.rng.uniform(0, MOVE_MAX_DELAY))
+    @property
+    def moving(self) -> bool:
+        """Whether a move to a new list's first entry is waiting out its delay or under way."""
+        return self._migration is not None and not self._migration.done()
+
+    async def _move_to_preferred(self, move_at: float | None) -> None:
+        """After a new list: go to its first entry, make-before-break, at `move_at` (monotonic:
+        the list's arrival plus the delay the server gave, its pacing: at most move.rate agents
+        a second leave it), or, when it gave none (None: an older server), after a random delay
+        of up to MOVE_MAX_DELAY that spreads a fleet's moves. A server that is no longer listed
+        is left for the first entry that answers; one that is still listed is kept when the
+        first entry does not answer."""
+        if move_at is None:
+            await asyncio.sleep(self.rng.uniform(0, MOVE_MAX_DELAY))
+        else:
+            await asyncio.sleep(max(0.0, move_at - time.monotonic()))
         current = self.server
         if current is None:
             return  # the session loop is already connecting, in the new list's order

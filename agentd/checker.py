@@ -1,6 +1,7 @@
 """Preferred-host checker: every check interval, with a random phase per agent, an agent that is
 not on the first entry of its list tries it; if it completes a real startup, the agent switches
-make-before-break. The interval follows live changes; 0 stops the checks."""
+make-before-break (unless a move its server paced is on its way: that one goes at its time). The
+interval follows live changes; 0 stops the checks."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class CheckedAgent(Protocol):
     @property
     def preferred(self) -> Address:
         """The first entry of the agent's list."""
+
+    @property
+    def moving(self) -> bool:
+        """Whether a move its server ordered (and paced) is on its way."""
 
     def endpoint(self, address: Address) -> tuple[str, int]: ...
     async def switch_to(self, address: Address, why: str) -> bool:
@@ -80,5 +85,7 @@ class PreferredChecker:
         current = agent.server
         preferred = agent.preferred
         if current is None or agent.endpoint(current) == agent.endpoint(preferred):
+            return False
+        if agent.moving:  # its server gave it a time to go: the checker does not go earlier
             return False
         return await agent.switch_to(preferred, "preferred server answers again")

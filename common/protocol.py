@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import enum
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,7 +93,9 @@ class Ready:
 @dataclass(frozen=True)
 class MsList:
     """The list an agent is to hold, and the settings that travel with it: a change of ping
-    settings reaches connected agents this way (`ready` carries them only once)."""
+    settings reaches connected agents this way (`ready` carries them only once). When the list
+    tells the agent to move, `delay` is how long it waits first (seconds, the server's pacing);
+    0 when the server paces nothing (an older server sends none)."""
 
     TYPE: ClassVar[MessageType] = MessageType.MS_LIST
     ms_list: list[str]
@@ -101,6 +104,7 @@ class MsList:
     version: int
     ping_interval: int
     ping_timeout: int
+    delay: float = 0.0  # the last field: msrv.lifecycle splices it into a cached encoding
 
 
 @dataclass(frozen=True)
@@ -248,15 +252,21 @@ def _text_ok(value: str) -> bool:
     return True
 
 
+def _number_ok(value: Any, hint: type) -> bool:
+    """int: a whole number of 64 bits; float: any finite number of that size (a peer may write
+    2.0 as 2). Never a bool, though JSON's true is a Python int."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if hint is int:
+        return isinstance(value, int) and -INT_LIMIT <= value < INT_LIMIT
+    return abs(value) < INT_LIMIT and math.isfinite(value)
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and -INT_LIMIT <= value < INT_LIMIT
-        )
+    if hint is int or hint is float:
+        return _number_ok(value, hint)
     if hint is str:
         return isinstance(value, str) and _text_ok(value)
     origin = typing.get_origin(hint)
@@ -321,8 +331,15 @@ def _check_enroll(message: Any) -> None:
         raise ValidationError("token: id or secret too long")
 
 
+def _check_ms_list(message: Any) -> None:
+    assert isinstance(message, MsList)
+    if message.delay < 0:
+        raise ValidationError("delay: negative")
+
+
 _CHECKS: dict[type[Message], typing.Callable[[Any], None]] = {
     Startup: _check_startup,
+    MsList: _check_ms_list,
     Enroll: _check_enroll,
 }
 

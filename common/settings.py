@@ -39,6 +39,9 @@ CHECK_INTERVAL = "indirect.agent.lb.check.interval"
 PING_INTERVAL = "ping.interval"
 PING_TIMEOUT = "ping.timeout"
 CERT_VALIDITY = "ca.framework.cert.validity.period"
+MOVE_RATE = "indirect.agent.lb.move.rate"
+
+MAX_MOVE_RATE = 1_000_000  # agents per second; a bound that keeps 1/rate a usable number
 
 
 def _parse_host(raw: str) -> str:
@@ -64,19 +67,21 @@ def _whole_number(minimum: int, unit: str) -> Callable[[str], str]:
     return parse
 
 
-def _days(maximum: int) -> Callable[[str], str]:
-    """A positive number of days, decimals allowed (`0.5`), at most `maximum`; normalised
-    without trailing zeros or exponent (`1.50` -> `1.5`, `0365` -> `365`)."""
+def _positive_number(
+    unit: str, maximum: int | None = None, why_maximum: str = ""
+) -> Callable[[str], str]:
+    """A positive number of `unit`, decimals allowed (`0.5`), at most `maximum` when given;
+    normalised without trailing zeros or exponent (`1.50` -> `1.5`, `0365` -> `365`)."""
 
     def parse(raw: str) -> str:
         text = raw.strip()
         if not re.fullmatch(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)", text):
-            raise ValidationError(f"{raw!r} is not a number of days")
+            raise ValidationError(f"{raw!r} is not a number of {unit}")
         value = decimal.Decimal(text)
         if value <= 0:
-            raise ValidationError(f"{text} is not a positive number of days")
-        if value > maximum:
-            raise ValidationError(f"{text} is above the maximum of {maximum} days (the CA's own)")
+            raise ValidationError(f"{text} is not a positive number of {unit}")
+        if maximum is not None and value > maximum:
+            raise ValidationError(f"{text} is above the maximum of {maximum} {unit}{why_maximum}")
         return format(value.normalize(), "f")
 
     return parse
@@ -150,8 +155,16 @@ SETTINGS: dict[str, SettingSpec] = {
             "days",
             "365",
             _GLOBAL,
-            _days(CA_VALIDITY_DAYS),
+            _positive_number("days", CA_VALIDITY_DAYS, " (the CA's own)"),
             "lifetime of the agent and server certificates the CA issues (decimals allowed)",
+        ),
+        SettingSpec(
+            MOVE_RATE,
+            "agents per second",
+            "200",
+            _GLOBAL,
+            _positive_number("agents per second", MAX_MOVE_RATE),
+            "the most agents per second one server tells to move to another server",
         ),
     )
 }
@@ -190,6 +203,7 @@ class EffectiveSettings:
     ping_interval: int
     ping_timeout: int
     cert_validity_days: float = 365.0
+    move_rate: float = 200.0
 
     @classmethod
     def from_maps(
@@ -206,4 +220,5 @@ class EffectiveSettings:
             ping_interval=int(value(PING_INTERVAL) or 5),
             ping_timeout=int(value(PING_TIMEOUT) or 3),
             cert_validity_days=float(value(CERT_VALIDITY) or 365),
+            move_rate=float(value(MOVE_RATE) or 200),
         )

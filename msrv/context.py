@@ -3,11 +3,12 @@ registry, the balancer, the resync state and the summary log."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from msrv.balancer import Balancer
 from msrv.config import ServerSettings
+from msrv.pacing import MovePacer
 from msrv.registry import HostRegistry
 from msrv.resync import Resync
 from msrv.session_log import SessionLog
@@ -27,6 +28,7 @@ class ServerContext:
     resync: Resync
     summary: SessionLog
     trust: ServerTrust
+    pacer: MovePacer = field(default_factory=MovePacer)  # the moves this server's pushes order
 
     def validity_days(self) -> float:
         """ca.framework.cert.validity.period: the lifetime of the certificates issued now."""

@@ -16,7 +16,8 @@
 - served: the session is in the table (an older session of the host on this server is
   superseded), `ready` is sent with the settings in force, then `ms_list` when the list the host
   reported is not the one the balancer says it should hold. Later pushes come from the balancer
-  (settings or zone changes) and from `repush_if_unacked`.
+  (settings or zone changes) and from `repush_if_unacked`. A push that moves the agent off this
+  server carries the delay of its slot in this server's schedule (msrv.pacing).
 - ack: the agent names the list it saved; that is what the registry records as held. A list
   not acked is pushed again (an agent that could not save it does not ack).
 - The silence limit of a session never drops below what its agent was last told (ready, or an
@@ -58,6 +59,7 @@ from common.tls import PeerCertificate
 from msrv.balancer import push_due
 from msrv.connection import Connection, Handler, Refused
 from msrv.context import ServerContext
+from msrv.pacing import moves
 from msrv.registry import Started, Write
 from msrv.trust import REVOKED_TEXT
 from msrv.writes import BadWriteError
@@ -82,6 +84,8 @@ class HostSession:
         self.in_flight: list[Push] = []  # pushed, not acked, oldest first
         self.pending_since = 0.0  # loop time of the last push
         self.superseded = False
+        self.dialled = ""  # this server's address as the agent dialled it (its startup says)
+        self.move_at: float | None = None  # the pacing slot of the last push that moved it
         self.enrolled = False
         self.seen_written = conn.heard  # when last_seen was last written
         self._told_limit: float | None = None  # silence limit from what the agent was told
@@ -181,6 +185,7 @@ class HostSession:
         )
         self.conn.started()
         self.record = record
+        self.dialled = message.dialled
         older = self.ctx.table.start(self)
         if older is not None:
             older.supersede()
@@ -276,8 +281,15 @@ class HostSession:
     # -- lists: push, ack, push again -----------------------------------------------------------
 
     def deliver(self, assignment: Assignment, version: int) -> None:
-        """Push a list. It counts as held only once the agent acks it."""
-        self.conn.write(_encoded_list(assignment, version))
+        """Push a list, with a delay when it moves the agent off this server (msrv.pacing). It
+        counts as held only once the agent acks it."""
+        held = self.pending if self.pending is not None else self.holding  # when it arrives
+        encoded = _encoded_list(assignment, version)
+        if moves(held.ms_list, assignment.ms_list, self.dialled):
+            pacer = self.ctx.pacer
+            self.move_at = pacer.book(self.ctx.balancer.effective(None).move_rate, self.move_at)
+            encoded = _with_delay(encoded, pacer.delay(self.move_at))
+        self.conn.write(encoded)
         self.in_flight = [*self.in_flight[-(IN_FLIGHT - 1) :], Push(version, assignment)]
         self.pending_since = self.conn.loop_time()
 
@@ -413,7 +425,7 @@ class HostSession:
 @lru_cache(maxsize=256)
 def _encoded_list(assignment: Assignment, version: int) -> bytes:
     """A zone recompute sends few distinct lists (roundrobin: one per rotation) to many agents:
-    encode each once."""
+    encode each once, with delay 0 (`_with_delay` gives a moving agent its own)."""
     return encode(
         MsList(
             list(assignment.ms_list),
@@ -424,6 +436,16 @@ def _encoded_list(assignment: Assignment, version: int) -> bytes:
             assignment.ping_timeout,
         )
     )
+
+
+_NO_DELAY = b'"delay":0.0}\n'  # how an encoded MsList ends (delay is its last field)
+
+
+def _with_delay(encoded: bytes, delay: float) -> bytes:
+    """An encoded list with `delay` in place of 0, without encoding the list again."""
+    if not encoded.endswith(_NO_DELAY):
+        raise AssertionError("an encoded ms_list does not end with its delay")
+    return encoded[: -len(_NO_DELAY)] + b'"delay":%.3f}\n' % delay
 
 
 def _ack_fields(record: HostRecord) -> dict[str, str]:

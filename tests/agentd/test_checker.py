@@ -43,3 +43,20 @@ def test_a_late_tick_does_not_shift_the_later_ones():
     assert 0.04 <= ticks[0] < 0.15
     assert 0.63 <= ticks[1] < 0.76, ticks
     assert 0.93 <= ticks[2] < 1.06, ticks
+
+
+def test_a_move_its_server_paced_is_not_taken_early():
+    switched = []
+
+    async def switch_to(address, why):
+        switched.append(address)
+        return True
+
+    agent = SimpleNamespace(
+        server="ms1", preferred="ms2", endpoint=lambda a: a, moving=True, switch_to=switch_to
+    )
+    checker = PreferredChecker(agent)
+    assert asyncio.run(checker.check_once()) is False
+    agent.moving = False
+    assert asyncio.run(checker.check_once()) is True
+    assert switched == ["ms2"]

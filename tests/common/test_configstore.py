@@ -123,4 +123,5 @@ def test_entries_list_every_setting_with_default_and_source(store):
         "ping.interval": ("5", "5", Source.DEFAULT),
         "ping.timeout": ("3", "3", Source.DEFAULT),
         "ca.framework.cert.validity.period": ("365", "365", Source.DEFAULT),
+        "indirect.agent.lb.move.rate": ("200", "200", Source.DEFAULT),
     }

@@ -24,6 +24,7 @@ STARTUP = Startup(
         STARTUP,
         protocol.Ready(1, "a", 5, 3, 0),
         MsList(["b", "a"], "roundrobin", 10, 7, 5, 3),
+        MsList(["b", "a"], "roundrobin", 10, 7, 5, 3, delay=1.25),
         protocol.Ack(7, ["b", "a"], "roundrobin"),
         protocol.Ping(3),
         protocol.Pong(3),
@@ -64,6 +65,24 @@ def test_malformed_lines_raise_with_a_code(line, code):
     with pytest.raises(ProtocolError) as info:
         decode(line)
     assert info.value.code == code
+
+
+OLD_MS_LIST = (
+    b'{"type":"ms_list","ms_list":["b","a"],"algorithm":"static","check_interval":0,'
+    b'"version":4,"ping_interval":5,"ping_timeout":3'
+)
+
+
+def test_an_ms_list_without_a_delay_decodes_with_delay_0():
+    assert decode(OLD_MS_LIST + b"}") == MsList(["b", "a"], "static", 0, 4, 5, 3, delay=0.0)
+    assert decode(OLD_MS_LIST + b',"delay":2}').delay == 2
+
+
+@pytest.mark.parametrize("delay", [b"-0.5", b"true", b'"1"', b"NaN", b"Infinity", b"1e300"])
+def test_an_ms_list_delay_is_a_finite_number_not_below_zero(delay):
+    with pytest.raises(ProtocolError) as info:
+        decode(OLD_MS_LIST + b',"delay":' + delay + b"}")
+    assert info.value.code == ErrorCode.BAD_MESSAGE
 
 
 def test_an_enroll_keeps_its_secret_out_of_repr_and_its_guid_within_a_certificate_name():

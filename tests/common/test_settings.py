@@ -4,6 +4,7 @@ from common.errors import UnknownSettingError, ValidationError
 from common.settings import (
     CERT_VALIDITY,
     CHECK_INTERVAL,
+    MOVE_RATE,
     SETTINGS,
     EffectiveSettings,
     Source,
@@ -20,8 +21,10 @@ def test_the_table_holds_the_settings_of_the_design():
         "ping.interval",
         "ping.timeout",
         "ca.framework.cert.validity.period",
+        "indirect.agent.lb.move.rate",
     }
-    assert [SETTINGS[n].default for n in SETTINGS] == [None, "static", "0", "5", "3", "365"]
+    defaults = [SETTINGS[n].default for n in SETTINGS]
+    assert defaults == [None, "static", "0", "5", "3", "365", "200"]
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,11 @@ def test_the_table_holds_the_settings_of_the_design():
         (CERT_VALIDITY, "1,5", "'1,5' is not a number of days"),
         (CERT_VALIDITY, "²", "is not a number of days"),
         (CERT_VALIDITY, "", "is not a number of days"),
+        (MOVE_RATE, "0", "0 is not a positive number of agents per second"),
+        (MOVE_RATE, "-5", "-5 is not a positive number of agents per second"),
+        (MOVE_RATE, "fast", "'fast' is not a number of agents per second"),
+        (MOVE_RATE, "1e3", "'1e3' is not a number of agents per second"),
+        (MOVE_RATE, "1" + "0" * 400, "above the maximum of 1000000 agents per second"),
     ],
 )
 def test_bad_values_name_the_setting_and_the_fault(name, raw, fragment):
@@ -80,6 +88,11 @@ def test_the_certificate_validity_takes_days_with_decimals(raw, stored):
     assert spec_for(CERT_VALIDITY).normalise(raw) == stored
 
 
+@pytest.mark.parametrize(("raw", "stored"), [("200", "200"), (" 0100 ", "100"), ("0.5", "0.5")])
+def test_the_move_rate_takes_agents_per_second_with_decimals(raw, stored):
+    assert spec_for(MOVE_RATE).normalise(raw) == stored
+
+
 def test_unknown_name_suggests_the_closest():
     with pytest.raises(UnknownSettingError, match="did you mean 'host'"):
         spec_for("hots")
@@ -103,3 +116,5 @@ def test_effective_settings_are_typed():
     assert eff == EffectiveSettings(("a", "b:1"), "static", 2, 5, 3, 365.0)
     assert EffectiveSettings.from_maps({}).host is None
     assert EffectiveSettings.from_maps({CERT_VALIDITY: "0.5"}).cert_validity_days == 0.5
+    assert EffectiveSettings.from_maps({}).move_rate == 200.0
+    assert EffectiveSettings.from_maps({MOVE_RATE: "12.5"}).move_rate == 12.5
