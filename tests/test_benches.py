@@ -110,3 +110,28 @@ def test_convergence_clients_bench():
     for key in ("algorithm_switch_in_process", "check_interval_via_msctl_process"):
         assert result[key]["clients"] == 30
         figure(result[key], "last_s")
+
+
+@pytest.mark.timeout(120)
+def test_maintenance_bench():
+    result = run_bench("maintenance.py", "--agents", "30", "--algorithms", "rendezvous")
+    phase, cancel = result["maintenance"], result["cancel"]
+    assert phase["agents"] == 10 and sum(phase["to"].values()) == 10
+    assert phase["sessions_closed"] >= 10
+    assert phase["lists_persisted"]["fleet"]["count"] == 30  # ms1 left every agent's list
+    assert sum(a["count"] for a in phase["arrivals"].values()) == 10
+    for name in ("last_arrival_s", "empty_s", "maintenance_s", "maintenance_by_poll_s"):
+        figure(phase, name)
+    assert figure(phase, "target_s") == round(1.2 * 10 / 200, 3)
+    assert cancel["agents_back"] == 10 and cancel["arrivals"]["count"] == 10
+    (run,) = result["fourth_server"]
+    assert run["algorithm"] == "rendezvous" and run["agents"] == 30
+    # the registry's lists agree with the algorithm; rendezvous moves only agents to the new one
+    assert run["first_entry_changed"] == run["predicted_first_entry_changed"]
+    assert run["moved_server"] == run["on_new_server"] == run["first_entry_changed"]
+    assert set(result["met"]) == {
+        "empty_le_1.2x_agents_over_rate",
+        "maintenance_state_le_1.2x_agents_over_rate",
+        "no_session_lost",
+        "rendezvous_le_35pct",
+    }
