@@ -241,16 +241,19 @@ any_value = st.one_of(
 )
 
 
+HOSTILE_TYPES: dict[Any, st.SearchStrategy[Any]] = {
+    bool: st.booleans(),
+    int: int_value,
+    float: st.floats() | int_value | st.sampled_from([Raw("1e999"), Raw("NaN")]),  # a delay
+    str: text_value,
+    type(None): st.none(),
+}
+
+
 def typed(hint: Any) -> st.SearchStrategy[Any]:
     """A value of the field's declared type, with hostile contents."""
-    if hint is bool:
-        return st.booleans()
-    if hint is int:
-        return int_value
-    if hint is str:
-        return text_value
-    if hint is type(None):
-        return st.none()
+    if hint in HOSTILE_TYPES:
+        return HOSTILE_TYPES[hint]
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -272,6 +275,7 @@ SOUND_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 SOUND_TYPES: dict[Any, st.SearchStrategy[Any]] = {
     bool: st.booleans(),
     int: st.integers(0, 1000),
+    float: st.floats(0, 10),
     str: st.from_regex(r"[a-z][a-z0-9.-]{0,15}", fullmatch=True),
 }
 
