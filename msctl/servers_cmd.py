@@ -99,8 +99,11 @@ async def _wait_empty(
             # its process stopped: it holds no agent
             await maintenance.finish(redis, cli.keys, server_id)
             continue
-        if server.agents != left:
-            left = server.agents
+        # in maintenance it holds none, whatever count it last wrote (it finishes the moment its
+        # last session ends, before its next refresh of the count)
+        agents = 0 if server.state == ServerState.MAINTENANCE else server.agents
+        if agents != left:
+            left = agents
             click.echo(f"server {shown}: {left} agents left")
         if server.state == ServerState.MAINTENANCE:
             click.echo(f"server {shown}: maintenance")

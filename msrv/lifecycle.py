@@ -420,6 +420,12 @@ class HostSession:
                     logger.debug("%s: disconnect not recorded (%s)", self, exc)
             self.ctx.summary.note("ended")
         await self.conn.close()
+        # the last session of a server preparing for maintenance: it is in maintenance now,
+        # not at the next housekeeping tick (which remains for a cancel or a lost write)
+        try:
+            await self.ctx.resync.maintenance.finish_if_idle(self.ctx.table)
+        except RedisError as exc:
+            logger.debug("%s: maintenance not finished here (%s); housekeeping will", self, exc)
 
 
 @lru_cache(maxsize=256)
