@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,15 @@ class Lab:
     def redis(self) -> aioredis.Redis:
         return msctl_redis(self.url)
 
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[aioredis.Redis]:
+        """A Redis client for one piece of work, closed after it."""
+        client = self.redis()
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
     async def start(self, **settings: str) -> None:
         """Redis, servers, the `host` setting (plus `settings`), then the agents."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -131,22 +141,16 @@ class Lab:
 
     async def configure(self, **values: str) -> int:
         """Set settings (names with '_' for '.'); returns the config version."""
-        client = self.redis()
-        try:
+        async with self.connected() as client:
             store = ConfigStore(client, self.keys)
             for name, value in values.items():
                 await store.set(SHORT_NAMES.get(name, name), value)
             return await store.version()
-        finally:
-            await client.aclose()
 
     async def join_token(self, uses: int) -> str:
         """A join token for `uses` agents of this lab (valid for a day)."""
-        client = self.redis()
-        try:
+        async with self.connected() as client:
             token, _ = await create_token(client, self.keys, ttl_seconds=LAB_TOKEN_TTL, uses=uses)
-        finally:
-            await client.aclose()
         return token
 
     async def start_swarm(self) -> None:

@@ -78,11 +78,8 @@ class Demo:
         return lines
 
     async def hosts(self) -> list[HostRecord]:
-        client = self.lab.redis()
-        try:
+        async with self.lab.connected() as client:
             return await load_hosts(client, self.lab.keys)
-        finally:
-            await client.aclose()
 
     async def until(self, what: str, probe: Callable[[], Awaitable[T | None]], limit: float) -> T:
         """Poll `probe` until it returns something; fail the step after `limit` seconds."""
@@ -256,20 +253,14 @@ class Demo:
         )
         swarm = lab.swarm
         lost_before = swarm.count("lost server") if swarm is not None else 0
-        client = lab.redis()
-        try:
+        async with lab.connected() as client:
             await maintenance.begin(client, lab.keys, target)
-        finally:
-            await client.aclose()
         self.show(f"$ msctl servers maintenance {target} --wait")
         began = time.monotonic()
 
         async def emptied() -> list[HostRecord] | None:
-            client = lab.redis()
-            try:
+            async with lab.connected() as client:
                 servers = {s.id: s for s in await load_servers(client, lab.keys)}
-            finally:
-                await client.aclose()
             hosts = await self.hosts()
             if servers[target].state != ServerState.MAINTENANCE:
                 return None
@@ -284,11 +275,8 @@ class Demo:
         where = ", ".join(f"{h.name} on {h.server}" for h in hosts if h.name in moving)
         self.show(f"{target} in maintenance after {time.monotonic() - began:.2f}s: {where}")
         self.show(self.table(hosts))
-        client = lab.redis()
-        try:
+        async with lab.connected() as client:
             await maintenance.cancel(client, lab.keys, target)
-        finally:
-            await client.aclose()
         self.show(f"$ msctl servers cancel-maintenance {target}")
         address = lab.member(target).listen
 
@@ -307,11 +295,8 @@ class Demo:
             " it is refused and the real agent keeps its session"
         )
         host, port = self.lab.member(victim.server).listen.rsplit(":", 1)
-        client = self.lab.redis()
-        try:
+        async with self.lab.connected() as client:
             ca = await load_ca(client, self.lab.keys)
-        finally:
-            await client.aclose()
         assert ca is not None  # the servers made it
         reader, writer = await asyncio.open_connection(
             host, int(port), ssl=enrollment_context(ca.certificate_pem), server_hostname=host
@@ -364,11 +349,8 @@ class Demo:
             return None
 
         host = await self.until("hv-extra disconnected", stopped, 10)
-        client = lab.redis()
-        try:
+        async with lab.connected() as client:
             await remove_host(client, lab.keys, host.id)
-        finally:
-            await client.aclose()
         self.show(
             f"$ msctl hosts remove {host.id}   # hv-extra, stopped: its certificate is revoked"
         )
