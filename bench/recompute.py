@@ -31,6 +31,7 @@ from msrv.config import ServerSettings
 from msrv.connection import Connection
 from msrv.context import ServerContext
 from msrv.lifecycle import HostSession
+from msrv.metrics import ServerMetrics
 from msrv.registry import HostRegistry
 from msrv.resync import Resync
 from msrv.session_log import SessionLog
@@ -84,9 +85,9 @@ def context(redis: object, keys: Keys) -> ServerContext:
     resync = Resync("bench", ConfigStore(redis, keys), balancer, registry, table)  # type: ignore[arg-type]
     settings = ServerSettings.build("10.0.0.1:8250")
     trust = ServerTrust(redis, keys, "bench")  # type: ignore[arg-type]  # never loaded: no TLS here
-    return ServerContext(
-        settings, table, registry, balancer, resync, SessionLog("bench", lambda: 0), trust
-    )
+    metrics = ServerMetrics("bench", settings.advertise)
+    log = SessionLog("bench", lambda: 0)
+    return ServerContext(settings, table, registry, balancer, resync, log, trust, metrics)
 
 
 async def measure(redis_url: str, hosts: int) -> dict[str, float | int]:

@@ -81,6 +81,11 @@ class Balancer:
         self._leave_out: frozenset[str] | None = None  # their entries in `host`, once found
 
     @property
+    def loaded(self) -> bool:
+        """Whether settings have been applied (the server has reached Redis once)."""
+        return self._snapshot is not None
+
+    @property
     def snapshot(self) -> ConfigSnapshot:
         if self._snapshot is None:
             raise RuntimeError("settings not loaded yet")

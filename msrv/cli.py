@@ -80,6 +80,13 @@ def cli() -> None:
     help="more hosts for this server's certificate than the advertised one, such as a TCP "
     "load balancer's address that passes TLS through to it (repeatable) [env MSRV_TLS_SAN]",
 )
+@click.option(
+    "--metrics",
+    envvar="MSRV_METRICS",
+    default=None,
+    metavar="HOST:PORT",
+    help="serve Prometheus metrics at http://HOST:PORT/metrics (off when unset) [env MSRV_METRICS]",
+)
 @seconds("--startup-timeout", "close a connection that completes no startup within this time")
 @seconds("--repush-interval", "push a list again when its agent has not acked it for this long")
 @seconds("--last-seen-interval", "how often a connected host's last_seen is written")
@@ -91,6 +98,7 @@ def serve(
     redis_url: str,
     namespace: str,
     tls_san: tuple[str, ...],
+    metrics: str | None,
     startup_timeout: float,
     repush_interval: float,
     last_seen_interval: float,
@@ -99,7 +107,7 @@ def serve(
     """Serve agents: registry, per-agent lists, live propagation of settings."""
     try:
         settings = ServerSettings.build(
-            listen, advertise, server_id, redis_url, namespace, tls_san=tls_san
+            listen, advertise, server_id, redis_url, namespace, tls_san=tls_san, metrics=metrics
         )
         settings = dataclasses.replace(
             settings,

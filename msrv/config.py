@@ -38,6 +38,7 @@ class ServerSettings:
     # more hosts for this server's certificate than its advertised one: the address of a TCP
     # load balancer that passes TLS through to it (agents verify the host they dial)
     tls_san: tuple[str, ...] = ()
+    metrics: tuple[str, int] | None = None  # where /metrics is served (None: not served)
 
     @classmethod
     def build(
@@ -48,6 +49,7 @@ class ServerSettings:
         redis_url: str = DEFAULT_REDIS_URL,
         namespace: str = DEFAULT_NAMESPACE,
         tls_san: Sequence[str] = (),
+        metrics: str | None = None,
     ) -> ServerSettings:
         """Validate the command line; the advertised address defaults to the listen one."""
         address = parse_address(listen)
@@ -69,7 +71,19 @@ class ServerSettings:
             redis_url=redis_url,
             namespace=check_namespace(namespace),
             tls_san=tls_hosts(tls_san),
+            metrics=metrics_address(metrics) if metrics else None,
         )
+
+
+def metrics_address(value: str) -> tuple[str, int]:
+    """`--metrics HOST:PORT` as (host, port)."""
+    try:
+        address = parse_address(value)
+    except ValidationError as exc:
+        raise ValidationError(f"--metrics {value!r}: {exc}") from None
+    if address.port is None:
+        raise ValidationError(f"--metrics {value!r}: give HOST:PORT")
+    return address.host, address.port
 
 
 def tls_hosts(values: Sequence[str]) -> tuple[str, ...]:

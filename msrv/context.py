@@ -1,5 +1,5 @@
 """What every session of one server shares: its settings, the table of live sessions, the
-registry, the balancer, the resync state and the summary log."""
+registry, the balancer, the resync state, the summary log and the metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from msrv.balancer import Balancer
 from msrv.config import ServerSettings
+from msrv.metrics import ServerMetrics
 from msrv.pacing import MovePacer
 from msrv.registry import HostRegistry
 from msrv.resync import Resync
@@ -28,6 +29,7 @@ class ServerContext:
     resync: Resync
     summary: SessionLog
     trust: ServerTrust
+    metrics: ServerMetrics
     pacer: MovePacer = field(default_factory=MovePacer)  # the moves this server's pushes order
 
     def validity_days(self) -> float:

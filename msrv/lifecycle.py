@@ -73,6 +73,7 @@ IN_FLIGHT = 8  # pushed lists remembered until acked (an ack names one of them)
 class Push:
     version: int
     assignment: Assignment
+    sent: float  # loop time
 
 
 class HostSession:
@@ -177,7 +178,7 @@ class HostSession:
         if not self.ctx.resync.available or self.ctx.table.closed:
             self._refuse(ErrorCode.UNAVAILABLE, "server cannot register hosts now; retry", True)
         if self.ctx.resync.maintenance.refuses_startups:
-            self._refuse(ErrorCode.UNAVAILABLE, self._in_maintenance(), True)
+            self._refuse(ErrorCode.UNAVAILABLE, self._in_maintenance(), True, result="maintenance")
         started = await self._register(message, certificate)
         record = started.record
         await self.ctx.balancer.ranks.catch_up(
@@ -193,6 +194,10 @@ class HostSession:
         self.ctx.summary.note("started")
         if started.new:
             self.ctx.summary.note("new")
+        metrics = self.ctx.metrics
+        metrics.startups.labels("accepted").inc()
+        if message.ms_list and message.dialled != message.ms_list[0]:
+            metrics.failovers_in.inc()  # the agent's preferred server is another one
         self._serve(record)
 
     async def _register(self, message: Startup, certificate: PeerCertificate) -> Started:
@@ -249,8 +254,12 @@ class HostSession:
         server = self.ctx.settings.server_id
         return f"server {server} is in maintenance ({state}): try the next server of the list"
 
-    def _refuse(self, code: str, message: str, retryable: bool) -> NoReturn:
+    def _refuse(
+        self, code: str, message: str, retryable: bool, *, result: str | None = None
+    ) -> NoReturn:
+        """End the connection with an error; counted as a startup of `result` (the code)."""
         self.ctx.summary.note("refused")
+        self.ctx.metrics.startups.labels(result or code).inc()
         raise Refused(code, message, retryable=retryable)
 
     def _serve(self, record: HostRecord) -> None:
@@ -289,9 +298,12 @@ class HostSession:
             pacer = self.ctx.pacer
             self.move_at = pacer.book(self.ctx.balancer.effective(None).move_rate, self.move_at)
             encoded = _with_delay(encoded, pacer.delay(self.move_at))
+            self.ctx.metrics.moves.inc()
         self.conn.write(encoded)
-        self.in_flight = [*self.in_flight[-(IN_FLIGHT - 1) :], Push(version, assignment)]
-        self.pending_since = self.conn.loop_time()
+        self.ctx.metrics.lists_pushed.inc()
+        now = self.conn.loop_time()
+        self.in_flight = [*self.in_flight[-(IN_FLIGHT - 1) :], Push(version, assignment, now)]
+        self.pending_since = now
 
     def repush_if_unacked(self, after: float) -> bool:
         """Push the last list again when the agent has not acked it for `after` seconds (it
@@ -315,6 +327,7 @@ class HostSession:
         if matches:
             push = self.in_flight[matches[-1]]
             self.in_flight = self.in_flight[matches[-1] + 1 :]
+            self.ctx.metrics.ack_seconds.observe(self.conn.loop_time() - push.sent)
             self.holding = assignment = push.assignment
             told = float(assignment.ping_interval * assignment.ping_timeout)
             if told != self._told_limit:
@@ -332,6 +345,7 @@ class HostSession:
             logger.info("%s acked a list this server did not push; recorded as is", self)
             record = replace(record, ms_list=acked, algorithm=message.algorithm)
         self.record = record = replace(record, acked_version=message.version, last_seen=time.time())
+        self.ctx.metrics.acks.inc()
         try:
             written = await self.ctx.registry.update(record, **_ack_fields(record))
         except (RedisError, LbError) as exc:
@@ -353,15 +367,22 @@ class HostSession:
     async def on_enroll(self, message: Enroll) -> None:
         if self.enrolled:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "one enrollment per connection")
-        if not self.ctx.resync.available:
-            self._refuse(ErrorCode.UNAVAILABLE, "server cannot enroll hosts now; retry", True)
+        results = self.ctx.metrics.enrollments
         self.conn.starting(True)  # the startup deadline does not cut off a signing under way
         try:
+            if not self.ctx.resync.available:
+                text = "server cannot enroll hosts now; retry"
+                raise Refused(ErrorCode.UNAVAILABLE, text, retryable=True)
             enrolled = await self.ctx.trust.enroll(
                 message, self.ctx.validity_days(), self.conn.peer
             )
+        except Refused as exc:
+            self.ctx.summary.note("refused")
+            results.labels(exc.error.code).inc()
+            raise
         finally:
             self.conn.starting(False)
+        results.labels("enrolled").inc()
         self.enrolled = True
         self.conn.send(enrolled)
 
@@ -372,6 +393,7 @@ class HostSession:
         renewed = await self.ctx.trust.renew(
             certificate, message.csr, self.ctx.validity_days(), str(self)
         )
+        self.ctx.metrics.renewals.labels("failed" if renewed is None else "renewed").inc()
         if renewed is not None:
             self.conn.send(renewed)
 

@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common.assignment import holds
 from common.configstore import ConfigStore
 from common.connection import redis_from_url
 from common.events import EventType
@@ -33,6 +34,7 @@ from msrv.connection import Connection
 from msrv.context import ServerContext
 from msrv.housekeeping import Housekeeping
 from msrv.lifecycle import HostSession
+from msrv.metrics import Sample, ServerMetrics
 from msrv.registry import HostRegistry, ServerRegistry
 from msrv.resync import Resync
 from msrv.session_log import SessionLog
@@ -73,6 +75,7 @@ class Server:
             Resync(settings.server_id, store, balancer, registry, table),
             SessionLog(settings.server_id, lambda: len(table)),
             ServerTrust(self.redis, self.keys, settings.server_id),
+            ServerMetrics(settings.server_id, settings.advertise),
         )
         self.servers = ServerRegistry(
             self.redis, self.keys, settings.server_id, settings.advertise, settings.liveness_ttl
@@ -94,6 +97,8 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
+        if not self._serve_metrics(loop):
+            return 1
         try:
             if not await self._unless_stopped(self._startup()):
                 logger.info("msrv %s stopped before it started", self.name)
@@ -118,8 +123,47 @@ class Server:
             self.stage = "closing the Redis connections"
             await self.redis.aclose()
             await self.events_redis.aclose()
+            self.ctx.metrics.close()
         logger.info("msrv %s stopped", self.name)
         return code
+
+    def _serve_metrics(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Serve /metrics when asked to (before Redis is reached: msrv_redis_up shows the wait);
+        False when its port cannot be had."""
+        metrics = self.ctx.metrics
+        metrics.sample_with(loop, self._sample)
+        if self.settings.metrics is None:
+            return True
+        host, port = self.settings.metrics
+        try:
+            metrics.serve(host, port)
+        except OSError as exc:
+            logger.error("msrv %s: cannot serve metrics on %s:%d: %s", self.name, host, port, exc)
+            return False
+        logger.info("msrv %s: metrics at http://%s:%d/metrics", self.name, host, port)
+        return True
+
+    def _sample(self) -> Sample:
+        """The state the metrics' gauges show, read on the event loop at each scrape."""
+        ctx = self.ctx
+        balancer = ctx.balancer
+        if not balancer.loaded:
+            return Sample(connections=len(ctx.table.connections()))
+        sessions: dict[str, int] = {}
+        stale = 0
+        for session in ctx.table.started():
+            sessions[session.zone] = sessions.get(session.zone, 0) + 1
+            assignment = balancer.assignment(session)
+            if assignment is not None and not holds(assignment, session.holding):
+                stale += 1
+        return Sample(
+            sessions=sessions,
+            connections=len(ctx.table.connections()),
+            stale=stale,
+            config_version=balancer.snapshot.version,
+            redis_up=self.stage == "serving" and ctx.resync.available,
+            in_service=not ctx.resync.maintenance.refuses_startups,
+        )
 
     def _on_signal(self) -> None:
         if self.should_exit.is_set():
@@ -230,6 +274,8 @@ class Server:
                     session.conn.hang_up(Error(ErrorCode.REVOKED, REVOKED_TEXT))
 
     async def _on_connected(self) -> None:
+        if not self.ctx.resync.available:
+            self.ctx.metrics.redis_reconnects.inc()
         await self.ctx.resync.on_connected()
         await self.housekeeping.refresh_liveness()
 
@@ -249,6 +295,7 @@ class Server:
                 host, port = writer.get_extra_info("peername", ("?", "?"))[:2]
                 logger.info("%s: agent from %s:%s refused: %s", self.name, host, port, exc)
                 self.ctx.summary.note("refused")
+                self.ctx.metrics.handshakes_failed.inc()
                 writer.transport.abort()
                 return
             conn = Connection(
