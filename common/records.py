@@ -69,7 +69,7 @@ def _number(text: str | None, default: float = 0.0) -> float:
 
 # HostRecord fields `msctl hosts --json` leaves out
 _PRIVATE_HOST_FIELDS = (
-    "session", "acked_version", "attempt", "ping_interval", "ping_timeout", "cert_serial",
+    "session", "attempt", "ping_interval", "ping_timeout", "cert_serial",
 )  # fmt: skip
 
 
@@ -86,7 +86,7 @@ class HostRecord:
     session: str = ""
     ms_list: tuple[str, ...] = ()
     algorithm: str | None = None
-    acked_version: int = 0
+    acked_version: int = 0  # the settings version of the last list it acknowledged
     check_interval: int = 0
     ping_interval: int = 0  # as last acknowledged (0: not known)
     ping_timeout: int = 0
@@ -146,7 +146,8 @@ class HostRecord:
         )
 
     def as_json(self) -> dict[str, Any]:
-        """The `msctl hosts --json` shape: cert_expires is null when not known."""
+        """The `msctl hosts --json` shape (msctl.hosts_cmd adds `current`): cert_expires is
+        null when not known."""
         body = asdict(self)
         for private in _PRIVATE_HOST_FIELDS:
             body.pop(private)

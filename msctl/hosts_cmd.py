@@ -8,12 +8,18 @@ import time
 import click
 import redis.asyncio as aioredis
 
+from common.configstore import ConfigStore
 from common.errors import ValidationError
-from common.records import HostBusyError, HostRecord, load_hosts, remove_host
+from common.records import HostBusyError, HostRecord, load_hosts, load_servers, remove_host
+from msctl.convergence import current_hosts
 from msctl.options import CliConfig, connection_options, run_async
 from msctl.tables import format_age, format_table, printable
 
-LIST_COLUMN = 7  # the list each host holds: as wide as a `host` value
+HEADER = (
+    "ID", "NAME", "TYPE", "ZONE", "CLUSTER", "STATE", "SERVER", "LIST", "CHECK", "ACKED",
+    "CURRENT", "SEEN",
+)  # fmt: skip
+LIST_COLUMN = HEADER.index("LIST")  # the list each host holds: as wide as a `host` value
 
 
 @click.group("hosts", invoke_without_command=True)
@@ -21,26 +27,29 @@ LIST_COLUMN = 7  # the list each host holds: as wide as a `host` value
 @connection_options
 @click.pass_context
 def hosts_group(ctx: click.Context, cli: CliConfig, as_json: bool) -> None:
-    """List the registered hosts (agents), their server and the list each one holds."""
+    """List the registered hosts (agents), their server, the list each one holds, the config
+    version of the last list it acknowledged, and whether it holds the list it should (for a
+    disconnected host: the list its record says it holds, which it reports when it is back)."""
     if ctx.invoked_subcommand is not None:
         return
 
-    async def work(redis: aioredis.Redis) -> list[HostRecord]:
-        return await load_hosts(redis, cli.keys)
+    async def work(redis: aioredis.Redis) -> tuple[list[HostRecord], dict[int, bool]]:
+        snapshot = await ConfigStore(redis, cli.keys).snapshot()
+        servers = await load_servers(redis, cli.keys)
+        hosts = await load_hosts(redis, cli.keys)
+        return hosts, current_hosts(snapshot, hosts, servers)
 
-    hosts = run_async(cli, work)
+    hosts, current = run_async(cli, work)
     if as_json:
-        click.echo(json.dumps([h.as_json() for h in hosts], indent=2))
+        click.echo(json.dumps([{**h.as_json(), "current": current[h.id]} for h in hosts], indent=2))
     elif not hosts:
         click.echo("no hosts registered")
     else:
-        click.echo(format_table(_rows(hosts, time.time()), wide=(LIST_COLUMN,)))
+        click.echo(format_table(_rows(hosts, current, time.time()), wide=(LIST_COLUMN,)))
 
 
-def _rows(hosts: list[HostRecord], now: float) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = [
-        ("ID", "NAME", "TYPE", "ZONE", "CLUSTER", "STATE", "SERVER", "LIST", "CHECK", "SEEN")
-    ]
+def _rows(hosts: list[HostRecord], current: dict[int, bool], now: float) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [HEADER]
     for h in hosts:
         held = ",".join(h.ms_list) or "-"
         if h.algorithm:
@@ -56,6 +65,8 @@ def _rows(hosts: list[HostRecord], now: float) -> list[tuple[str, ...]]:
                 h.server or "-",
                 held,
                 f"{h.check_interval}s",
+                str(h.acked_version) if h.acked_version else "-",
+                "yes" if current[h.id] else "no",
                 format_age(h.last_seen, now),
             )
         )

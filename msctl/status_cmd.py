@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import click
 import redis.asyncio as aioredis
 
-from common.assignment import Assignment, Holding, assignment_for, holds, left_out
 from common.ca import load_ca
 from common.configstore import ConfigSnapshot, ConfigStore
-from common.errors import UnknownAlgorithmError
-from common.maintenance import avoided
 from common.records import (
     OUT_OF_SERVICE,
     HostRecord,
-    HostState,
     ServerRecord,
     ServerState,
     load_hosts,
     load_servers,
 )
 from common.tokens import TokenInfo, list_tokens
+from msctl.convergence import Convergence, stale_hosts
 from msctl.options import CliConfig, connection_options, run_async
 from msctl.tables import format_table, printable
+
+# stale_hosts: msctl.lab_view still imports it from here; its home is msctl.convergence
+__all__ = ["Fleet", "stale_hosts", "status_command"]
 
 
 @dataclass(frozen=True)
@@ -38,48 +38,14 @@ class Fleet:
     tokens: list[TokenInfo] = field(default_factory=list)
     ca_expires: datetime.datetime | None = None
 
+    @functools.cached_property
+    def convergence(self) -> Convergence:
+        return Convergence.of_fleet(self.snapshot, self.hosts, self.servers)
+
 
 CA_WARN_DAYS = 30
 CERT_WARN_DAYS = 30
 CERT_WARN_SHOWN = 5
-
-
-def holding_of(host: HostRecord, assignment: Assignment) -> Holding:
-    """What the registry says the host holds, as `common.assignment` compares it. A record
-    written without ping values (0: not known, as older servers left them) is compared on
-    what it has: its missing values are taken as the assignment's."""
-    return Holding(
-        host.ms_list,
-        host.algorithm,
-        host.check_interval,
-        host.ping_interval or assignment.ping_interval,
-        host.ping_timeout or assignment.ping_timeout,
-    )
-
-
-def stale_hosts(
-    snapshot: ConfigSnapshot, hosts: list[HostRecord], servers: Sequence[ServerRecord] = ()
-) -> list[HostRecord]:
-    """Connected hosts that do not hold the list their server should push (the servers' own
-    computation, common.assignment, with the avoid list of the servers out of service).
-    `hosts` come sorted by id, so a zone's ranked hosts are in the order of its zone set."""
-    leave_out = left_out(snapshot.effective().host, avoided(servers))
-    ranked: dict[str, list[int]] = defaultdict(list)
-    for host in hosts:
-        if host.ranked:
-            ranked[host.zone].append(host.id)
-    stale = []
-    for host in hosts:
-        if host.state != HostState.CONNECTED:
-            continue
-        settings = snapshot.effective(host.cluster)
-        try:
-            assignment = assignment_for(settings, ranked[host.zone], host.id, None, leave_out)
-        except UnknownAlgorithmError:
-            continue
-        if assignment is not None and not holds(assignment, holding_of(host, assignment)):
-            stale.append(host)
-    return stale
 
 
 def _by_version(servers: list[ServerRecord]) -> str:
@@ -129,10 +95,11 @@ def _warnings(fleet: Fleet) -> list[str]:
                 f"server {shown} is preparing for maintenance: {server.agents} agents left on it "
                 f"(`msctl servers maintenance {shown} --wait` shows them leave)"
             )
-    stale = stale_hosts(fleet.snapshot, fleet.hosts, fleet.servers)
-    if stale:
+    lists = fleet.convergence
+    if lists.behind:
+        stale = lists.behind
         ids = ", ".join(str(h.id) for h in stale[:10]) + (", ..." if len(stale) > 10 else "")
-        warnings.append(f"{len(stale)} connected hosts have not acknowledged their list: {ids}")
+        warnings.append(f"{lists.summary()}; they have not acknowledged their list: {ids}")
     return warnings + _trust_warnings(fleet)
 
 
@@ -218,10 +185,12 @@ def _summary(fleet: Fleet) -> list[tuple[str, str]]:
         ("servers", _counts(servers, len(fleet.servers))),
         ("hosts", _counts(hosts, len(fleet.hosts))),
         ("zones", str(len({h.zone for h in fleet.hosts}))),
+        ("lists", fleet.convergence.summary()),
     ]
     out = [s for s in fleet.servers if s.state in OUT_OF_SERVICE]
     if out:
-        rows.insert(-2, ("out of service", ", ".join(_out_of_service(s) for s in out)))
+        after_servers = [name for name, _ in rows].index("servers") + 1
+        rows.insert(after_servers, ("out of service", ", ".join(_out_of_service(s) for s in out)))
     running = [s for s in fleet.servers if s.alive]
     if any(s.settings_version != fleet.snapshot.version for s in running):
         rows.insert(1, ("servers apply", _by_version(running)))

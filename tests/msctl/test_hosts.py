@@ -21,7 +21,7 @@ from msrv.registry import HostRegistry, ServerRegistry
 
 HOST_FIELDS = {
     "id", "guid", "name", "type", "zone", "cluster", "state", "server", "ms_list",
-    "algorithm", "check_interval", "last_seen", "cert_expires",
+    "algorithm", "check_interval", "last_seen", "cert_expires", "acked_version", "current",
 }  # fmt: skip
 SERVER_FIELDS = {"id", "address", "state", "agents", "started", "last_seen"}
 
@@ -90,13 +90,42 @@ def test_hosts_json_and_table(fleet: None, redis_url: str, namespace: str) -> No
         "id": 1, "guid": "guid-kvm1", "name": "kvm1", "type": "routing", "zone": "z1",
         "cluster": "c1", "state": "connected", "server": "ms1", "ms_list": ["a", "b"],
         "algorithm": "static", "check_interval": 0, "last_seen": 0, "cert_expires": None,
+        "acked_version": 1, "current": True,
     }  # fmt: skip
-    assert hosts[1]["state"] == "disconnected"
+    assert (hosts[1]["state"], hosts[1]["current"]) == ("disconnected", True)
     table = msctl(redis_url, namespace, "hosts")
     assert table.exit_code == 0
     lines = table.output.splitlines()
-    assert lines[0].split()[:4] == ["ID", "NAME", "TYPE", "ZONE"]
+    assert lines[0].split() == [
+        "ID", "NAME", "TYPE", "ZONE", "CLUSTER", "STATE", "SERVER", "LIST", "CHECK", "ACKED",
+        "CURRENT", "SEEN",
+    ]  # fmt: skip
     assert "a,b@static" in lines[1] and "connected" in lines[1]
+    assert lines[1].split()[8:11] == ["0s", "1", "yes"]
+
+
+def test_hosts_current_follows_the_settings(fleet: None, redis_url: str, namespace: str) -> None:
+    """A new `host` order: no host holds its list until it acknowledges one (acked_version
+    stays); a disconnected host is judged on the list its record says it holds."""
+
+    async def reorder(redis: Any, keys: Keys) -> None:
+        await ConfigStore(redis, keys).set("host", "b,a")
+
+    in_redis(redis_url, namespace, reorder)
+    hosts = json.loads(msctl(redis_url, namespace, "hosts", "--json").output)
+    assert [(h["id"], h["acked_version"], h["current"]) for h in hosts] == [
+        (1, 1, False),
+        (2, 1, False),
+    ]
+    lines = msctl(redis_url, namespace, "hosts").output.splitlines()
+    assert [line.split()[9:11] for line in lines[1:]] == [["1", "no"], ["1", "no"]]
+
+    async def acknowledge(redis: Any, keys: Keys) -> None:  # as msrv records an ack
+        await redis.hset(keys.host(1), mapping={"ms_list": "b,a", "acked_version": "2"})
+
+    in_redis(redis_url, namespace, acknowledge)
+    hosts = json.loads(msctl(redis_url, namespace, "hosts", "--json").output)
+    assert [(h["acked_version"], h["current"]) for h in hosts] == [(2, True), (1, False)]
 
 
 def test_hosts_json_shows_the_certificate_expiry(
@@ -219,6 +248,7 @@ def test_status_summarises_and_warns(fleet: None, redis_url: str, namespace: str
     assert "host            a,b" in result.output
     assert "servers         2 (1 running, 1 stopped)" in result.output
     assert "hosts           2 (1 connected, 1 disconnected)" in result.output
+    assert "lists           converged: all 1 connected hosts hold their list" in result.output
     assert "warning" not in result.output
 
     async def unset_and_change(redis: Any, keys: Keys) -> None:
@@ -227,7 +257,9 @@ def test_status_summarises_and_warns(fleet: None, redis_url: str, namespace: str
     in_redis(redis_url, namespace, unset_and_change)
     result = msctl(redis_url, namespace, "status")
     assert "check interval  0s (overrides: c1=9s)" in result.output
-    assert "warning: 1 connected hosts have not acknowledged their list: 1" in result.output
+    assert "lists           1 of 1 connected hosts lag: ms1 1\n" in result.output
+    warning = "warning: 1 of 1 connected hosts lag: ms1 1; they have not acknowledged their list: 1"
+    assert warning in result.output.splitlines()
 
 
 def test_status_warns_when_host_is_unset(redis_url: str, namespace: str) -> None:

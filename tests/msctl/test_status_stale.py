@@ -1,5 +1,5 @@
-"""`msctl status`'s stale hosts: the servers' own computation (common.assignment) applied to
-what the registry says each host holds."""
+"""Which hosts lag (msctl.convergence, for `msctl status`, `hosts` and `config set --wait`): the
+servers' own computation (common.assignment) applied to what the registry says each host holds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from common.configstore import ConfigSnapshot
 from common.records import HostRecord, HostState
-from msctl.status_cmd import stale_hosts
+from msctl.convergence import Convergence, current_hosts, stale_hosts
 
 SETTINGS = {"host": "a,b,c", "indirect.agent.lb.algorithm": "roundrobin"}
 
@@ -61,3 +61,36 @@ def test_disconnected_hosts_and_an_unset_host_list_are_never_stale() -> None:
     wrong = host(1, "c,b,a")
     assert stale_ids(SETTINGS, [replace(wrong, state=HostState.DISCONNECTED)]) == []
     assert stale_ids({"indirect.agent.lb.algorithm": "roundrobin"}, [wrong]) == []
+
+
+def test_current_judges_a_disconnected_host_on_its_record() -> None:
+    hosts = [host(1, "a,b,c"), host(5, "c,a,b", state=HostState.DISCONNECTED)]
+    assert current_hosts(ConfigSnapshot(1, SETTINGS), hosts) == {1: True, 5: False}
+    assert current_hosts(ConfigSnapshot(1, {}), hosts) == {1: True, 5: True}  # `host` unset
+
+
+def test_convergence_counts_the_lagging_hosts_by_server() -> None:
+    hosts = [
+        host(1, "c,a,b", server="ms2", name="kvm1"),
+        host(5, "b,c,a", server="ms1"),
+        host(9, "a,b,c", server="ms1", name="kvm9"),
+        host(12, "c,b,a", server="ms1", name="kvm12"),
+        host(13, "a,b,c", state=HostState.DISCONNECTED),
+    ]
+    fleet = Convergence.of_fleet(ConfigSnapshot(1, SETTINGS), hosts, [])
+    assert (fleet.connected, [h.id for h in fleet.behind], fleet.there) == (4, [1, 9, 12], 1)
+    assert fleet.by_server() == "ms1 2, ms2 1"
+    assert fleet.summary() == "3 of 4 connected hosts lag: ms1 2, ms2 1"
+    assert fleet.named() == "1 (kvm1) on ms2, 9 (kvm9) on ms1, 12 (kvm12) on ms1"
+    assert fleet.named(limit=1) == "1 (kvm1) on ms2, and 2 more"
+    assert Convergence(4, []).summary() == "converged: all 4 connected hosts hold their list"
+    assert Convergence(0, []).summary() == "converged: no host is connected"
+
+
+def test_a_host_that_acked_the_version_or_later_is_there() -> None:
+    """`config set --wait`: a later change may have moved its list since it acked."""
+    hosts = [host(1, "c,a,b", acked_version=7), host(5, "c,a,b", acked_version=6)]
+    snapshot = ConfigSnapshot(8, SETTINGS)
+    assert [h.id for h in Convergence.of_version(7, snapshot, hosts, []).behind] == [5]
+    assert [h.id for h in Convergence.of_version(6, snapshot, hosts, []).behind] == []
+    assert [h.id for h in Convergence.of_version(8, snapshot, hosts, []).behind] == [1, 5]
