@@ -48,6 +48,7 @@ STATE_FILE = "lab.json"
 TOKEN_ENV = "AGENTD_TOKEN"
 LAB_TOKEN_TTL = 86400
 DEFAULT_PORT = 8250
+METRICS_PORT = 9250  # each server's /metrics, on its own loopback address
 
 
 def pick_listen(index: int, port: int | None) -> str:
@@ -71,6 +72,11 @@ class LabServer:
     server_id: str
     listen: str
     child: LoggedProcess
+    metrics: str = ""  # HOST:PORT of its Prometheus metrics
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics}/metrics"
 
     @property
     def running(self) -> bool:
@@ -168,9 +174,10 @@ class Lab:
         index = len(self.members) + 1
         listen = pick_listen(index, self.port)
         server_id = f"ms{index}"
-        args = msrv_args(listen, server_id, self.namespace)
+        metrics = pick_listen(index, 0 if self.port == 0 else METRICS_PORT)
+        args = msrv_args(listen, server_id, self.namespace, "--metrics", metrics)
         child = LoggedProcess(server_id, args, env=msrv_env(self.url))
-        self.members.append(LabServer(server_id, listen, child))
+        self.members.append(LabServer(server_id, listen, child, metrics))
         return await self.start_server(server_id)
 
     def member(self, server_id: str) -> LabServer:
@@ -225,7 +232,13 @@ class Lab:
             "embedded_redis_pid": self.embedded.pid if self.embedded is not None else None,
             "control_pid": os.getpid(),
             "servers": [
-                {"id": m.server_id, "listen": m.listen, "pid": pid(m.child)} for m in self.members
+                {
+                    "id": m.server_id,
+                    "listen": m.listen,
+                    "metrics": m.metrics_url,
+                    "pid": pid(m.child),
+                }
+                for m in self.members
             ],
             "swarm": {"pid": pid(self.swarm), "agents": self.agents},
         }

@@ -87,6 +87,7 @@ async def _up(lab: Lab) -> None:
         where = lab.embedded.kind if lab.embedded is not None else "given"
         click.echo(f"lab up: Redis ({where}) at {redacted(lab.url)}, namespace {lab.namespace}")
         click.echo(f"servers: {', '.join(f'{m.server_id}={m.listen}' for m in lab.members)}")
+        click.echo(f"metrics: {' '.join(m.metrics_url for m in lab.members)}")
         here = lab.directory == Path.cwd() / DEFAULT_LAB_DIR
         click.echo(
             f"state (and the Redis password) in {lab.directory / STATE_FILE}, mode 0600;"

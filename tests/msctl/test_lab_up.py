@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,19 @@ def test_the_embedded_redis_requires_the_password_that_only_lab_json_holds(lab):
     assert process.returncode == 0, output
     assert "at redis://:***@127.0.0.1:" in output, output
     assert password not in output
+
+
+@pytest.mark.timeout(120)
+def test_every_server_of_the_lab_serves_its_metrics(lab):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, _, state, *_ = lab
+
+    def sessions(url):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            families = text_string_to_metric_families(response.read().decode())
+            return sum(s.value for f in families if f.name == "msrv_sessions" for s in f.samples)
+
+    urls = [s["metrics"] for s in state["servers"]]
+    assert len(set(urls)) == len(urls) == 3
+    wait_for("the servers' sessions add up", lambda: sum(map(sessions, urls)) == AGENTS)
