@@ -9,7 +9,11 @@ connected and the startups are over (a few seconds), the server's /proc/<pid>/st
 stime) and /proc/<pid>/status (VmRSS) are sampled over an idle window (default 10 s); the swarms'
 RSS and CPU too.
 
-    .venv/bin/python bench/scale.py [--max 10000] [--step 1000] [--window 10]
+    .venv/bin/python bench/scale.py [--max 10000] [--step 1000] [--window 10] [--no-metrics]
+
+The server serves Prometheus metrics (`--metrics`), scraped every --scrape seconds (default 5;
+Prometheus's default is 15) during each window; `--no-metrics` runs it without, to see what
+metrics cost.
 
 Prints a table, then one JSON line (the last line). Targets: 10,000 idle TLS sessions at <= 25%
 of one core and <= 400 MB RSS for the server; <= 150 KB per agent for the swarms. (Before TLS
@@ -22,9 +26,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,22 +49,55 @@ TARGET_RSS_MB = 400
 TARGET_SWARM_KB = 150
 
 
-async def measure(pids: list[int], window: float) -> list[tuple[float, int]]:
-    """(share of one core, RSS bytes at the end) of each pid over `window` seconds."""
+async def measure(
+    pids: list[int], window: float, scraper: Scraper | None = None
+) -> list[tuple[float, int]]:
+    """(share of one core, RSS bytes at the end) of each pid over `window` seconds, the
+    server's metrics scraped meanwhile when `scraper` is given."""
     first = [proc_sample(p) for p in pids]
-    await asyncio.sleep(window)
+    if scraper is None:
+        await asyncio.sleep(window)
+    else:
+        await scraper.run(window)
     last = [proc_sample(p) for p in pids]
     return [(cpu_share(a, b), b.rss_bytes) for a, b in zip(first, last, strict=True)]
 
 
+class Scraper:
+    """GET a server's /metrics every `interval` seconds, as Prometheus would."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.seconds: list[float] = []  # each scrape's duration, in the last window
+        self.size = 0  # bytes of the last answer
+
+    def _scrape(self) -> None:
+        started = time.monotonic()
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            self.size = len(response.read())
+        self.seconds.append(time.monotonic() - started)
+
+    async def run(self, window: float) -> None:
+        """Scrape through one window (`seconds` then holds that window's scrapes)."""
+        self.seconds = []
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            await asyncio.to_thread(self._scrape)
+            await asyncio.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
-    lab = BenchLab(workdir / "lab", servers=1, agents=0, namespace="bench", port=0)
+    lab = BenchLab(
+        workdir / "lab", servers=1, agents=0, namespace="bench", port=0, metrics=args.metrics
+    )
     swarms: list[LoggedProcess] = []
     rows: list[dict[str, object]] = []
     try:
         await lab.start(ping_interval="5")
         server = lab.members[0].child.pid
-        (cpu, rss), *_ = await measure([server], args.window)
+        scraper = Scraper(lab.members[0].metrics_url, args.scrape) if args.metrics else None
+        (cpu, rss), *_ = await measure([server], args.window, scraper)
         rows.append(
             {"agents": 0, "server_cpu": round(cpu, 3), "server_rss_mb": round(rss / 2**20, 1)}
         )
@@ -82,7 +121,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             if args.profile is not None and agents == args.max:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 recorder = Recorder(server, args.profile / "scale-msrv.txt", args.window)
-            samples = await measure([server, *(s.pid for s in swarms)], args.window)
+            samples = await measure([server, *(s.pid for s in swarms)], args.window, scraper)
             if recorder is not None:
                 recorder.stop()
             (cpu, rss), swarm_samples = samples[0], samples[1:]
@@ -111,6 +150,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     return {
         "bench": "scale",
         "ping_interval_s": 5,
+        "metrics": args.metrics,
+        "scrape_interval_s": args.scrape if args.metrics else None,
+        "scrape_ms_mean": round(1000 * statistics.mean(scraper.seconds), 1) if scraper else None,
+        "scrape_ms_max": round(1000 * max(scraper.seconds), 1) if scraper else None,
+        "scrape_bytes": scraper.size if scraper else None,
         "window_s": args.window,
         "steps": rows,
         "server_cpu_at_max": top["server_cpu"],
@@ -133,6 +177,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1000)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the server at the max")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false")
+    parser.add_argument("--scrape", type=float, default=5.0, help="seconds between scrapes")
     args = parser.parse_args()
     benchlib.raise_nofile(args.max + 1024)  # the server holds one socket per agent
     with benchlib.leftovers_killed(), tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:

@@ -93,6 +93,7 @@ class Lab:
     namespace: str = "lab"
     port: int | None = None  # None: 8250 where free; 0: always a free port
     swarm_args: tuple[str, ...] = ()
+    metrics: bool = True  # each server serves /metrics (benches measure its cost)
     members: list[LabServer] = field(default_factory=list)
     swarm: LoggedProcess | None = None
     embedded: RedisServer | FakeRedisTcp | None = None
@@ -174,8 +175,11 @@ class Lab:
         index = len(self.members) + 1
         listen = pick_listen(index, self.port)
         server_id = f"ms{index}"
-        metrics = pick_listen(index, 0 if self.port == 0 else METRICS_PORT)
-        args = msrv_args(listen, server_id, self.namespace, "--metrics", metrics)
+        args = msrv_args(listen, server_id, self.namespace)
+        metrics = ""
+        if self.metrics:
+            metrics = pick_listen(index, 0 if self.port == 0 else METRICS_PORT)
+            args += ["--metrics", metrics]
         child = LoggedProcess(server_id, args, env=msrv_env(self.url))
         self.members.append(LabServer(server_id, listen, child, metrics))
         return await self.start_server(server_id)
