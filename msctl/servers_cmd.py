@@ -14,6 +14,7 @@ from common import maintenance
 from common.errors import Failed
 from common.records import OUT_OF_SERVICE, ServerRecord, ServerState, load_servers
 from msctl.options import CliConfig, connection_options, run_async
+from msctl.progress import Progress
 from msctl.tables import format_age, format_table, printable
 
 WAIT_POLL = 0.5  # seconds between two looks at the server while waiting
@@ -86,34 +87,34 @@ def servers_maintenance(cli: CliConfig, server_id: str, wait: bool, timeout: flo
 async def _wait_empty(
     redis: aioredis.Redis, cli: CliConfig, server_id: str, timeout: float
 ) -> ServerState:
-    """Print the agents left on the server (a line when the number changes) until it is in
-    maintenance; Failed at the timeout."""
+    """Show the agents left on the server (msctl.progress) until it is in maintenance; Failed
+    at the timeout."""
     shown = printable(server_id)
     deadline = time.monotonic() + timeout
-    left: int | None = None
-    while True:
-        server = next((s for s in await load_servers(redis, cli.keys) if s.id == server_id), None)
-        if server is None or server.state not in OUT_OF_SERVICE:
-            raise Failed(f"server {shown}: maintenance was cancelled")
-        if server.state == ServerState.PREPARING and not server.alive:
-            # its process stopped: it holds no agent
-            await maintenance.finish(redis, cli.keys, server_id)
-            continue
-        # in maintenance it holds none, whatever count it last wrote (it finishes the moment its
-        # last session ends, before its next refresh of the count)
-        agents = 0 if server.state == ServerState.MAINTENANCE else server.agents
-        if agents != left:
-            left = agents
-            click.echo(f"server {shown}: {left} agents left")
-        if server.state == ServerState.MAINTENANCE:
-            click.echo(f"server {shown}: maintenance")
-            return ServerState.MAINTENANCE
-        if time.monotonic() >= deadline:
-            raise Failed(
-                f"server {shown}: still preparing after {timeout:g}s, {left} agents left "
-                "(it stays preparing; wait again, or cancel-maintenance)"
-            )
-        await asyncio.sleep(WAIT_POLL)
+    with Progress() as progress:
+        while True:
+            looked = time.monotonic()
+            servers = await load_servers(redis, cli.keys)
+            server = next((s for s in servers if s.id == server_id), None)
+            if server is None or server.state not in OUT_OF_SERVICE:
+                raise Failed(f"server {shown}: maintenance was cancelled")
+            if server.state == ServerState.PREPARING and not server.alive:
+                # its process stopped: it holds no agent
+                await maintenance.finish(redis, cli.keys, server_id)
+                continue
+            # in maintenance it holds none, whatever count it last wrote (it finishes the moment
+            # its last session ends, before its next refresh of the count)
+            agents = 0 if server.state == ServerState.MAINTENANCE else server.agents
+            progress.update(f"server {shown}: {agents} agents left", agents)
+            if server.state == ServerState.MAINTENANCE:
+                progress.done(f"server {shown}: maintenance")
+                return ServerState.MAINTENANCE
+            if time.monotonic() >= deadline:
+                raise Failed(
+                    f"server {shown}: still preparing after {timeout:g}s, {agents} agents left "
+                    "(it stays preparing; wait again, or cancel-maintenance)"
+                )
+            await asyncio.sleep(max(0.0, WAIT_POLL - (time.monotonic() - looked)))
 
 
 @servers_group.command("cancel-maintenance")
