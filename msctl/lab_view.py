@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from common.configstore import ConfigStore
 from common.keys import Keys
 from common.records import HostState, load_hosts, load_servers
-from msctl.status_cmd import stale_hosts
+from msctl.convergence import stale_hosts
 from msctl.tables import format_table
 
 

@@ -22,12 +22,9 @@ from common.records import (
     load_servers,
 )
 from common.tokens import TokenInfo, list_tokens
-from msctl.convergence import Convergence, stale_hosts
+from msctl.convergence import Convergence
 from msctl.options import CliConfig, connection_options, run_async
 from msctl.tables import format_table, printable
-
-# stale_hosts: msctl.lab_view still imports it from here; its home is msctl.convergence
-__all__ = ["Fleet", "stale_hosts", "status_command"]
 
 
 @dataclass(frozen=True)
