@@ -99,7 +99,10 @@ async def _wait_held(redis: aioredis.Redis, cli: CliConfig, version: int, timeou
             line = progress_line(version, state.there, state.connected, rate, elapsed)
             progress.update(line, state.there)
             if not state.behind:
-                progress.done(f"config version {version}: every connected host holds it")
+                progress.done(
+                    f"config version {version}: every connected host holds it "
+                    f"({state.connected} hosts, {elapsed:.1f} s)"
+                )
                 return
             left = timeout - (time.monotonic() - started)
             if left <= 0:

@@ -123,7 +123,9 @@ async def _all_arrive(f: Fleet, host: str) -> None:
     )
     counts = [int(m.group(1)) for m in map(progress.fullmatch, lines[1:-1]) if m]
     assert len(counts) == len(lines) - 2 and counts[-1] == COUNT + 1, run.out
-    assert lines[-1] == f"config version {version}: every connected host holds it"
+    done = f"config version {version}: "
+    done += rf"every connected host holds it \({COUNT + 1} hosts, [\d.]+ s\)"
+    assert re.fullmatch(done, lines[-1]), run.out
     hosts = await f.hosts()
     assert all(h.acked_version >= version for h in hosts), hosts
     print(f"\n--wait with {COUNT + 1} agents: {run.seconds:.2f} s; output:\n{run.out}")
@@ -161,6 +163,6 @@ async def _on_a_terminal(f: Fleet, solo: AgentProcess, host: str) -> None:
     assert lines[0].startswith("host = ")
     assert lines[1].startswith("\rconfig version ") and lines[1].count("\r") >= 1
     assert f"/{COUNT + 1} connected hosts hold it" in lines[1].split("\r")[-1]
-    assert lines[2].endswith(": every connected host holds it")
+    assert re.search(r": every connected host holds it \(\d+ hosts, [\d.]+ s\)$", lines[2])
     status = await msctl(f, "status")
     assert f"converged: all {COUNT + 1} connected hosts hold their list" in status.out
