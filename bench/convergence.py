@@ -19,7 +19,12 @@ done before the clock starts), persists N agent.properties exactly the way the a
 does (common.properties.update_properties: temp file, fsync, rename, folder fsync) on a 16-thread
 pool, and reads N acks; once with fsync, once with fsync made a no-op.
 
-    .venv/bin/python bench/convergence.py [--agents 3000] [--repeats 3] [--profile DIR]
+    .venv/bin/python bench/convergence.py [--agents 3000] [--repeats 3] [--profile DIR] [--wait]
+
+With --wait, each change is made by `msctl config set host ... --wait` (a child process, as an
+operator runs it; its polling of the registry then competes for the same two cores), and the
+time it reports (every connected host holds the new list) is shown beside the bench's own
+figures.
 
 Prints a table, then one JSON line (the last line). Target: agents' max <= 1.5 x floor (fsync).
 """
@@ -31,6 +36,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -46,6 +52,7 @@ from profiling import Recorder, print_self_time
 from agentd import config
 from agentd.swarm import SwarmSpec, prepare_properties
 from common import protocol
+from common.configstore import ConfigStore
 from common.properties import AgentProperties, update_properties
 from common.protocol import Ack, MsList
 from msctl.lab import Lab
@@ -55,6 +62,7 @@ SETTLE = 20.0  # seconds given to the moves to the new first entries after a rep
 WAIT = 90.0  # seconds for one repetition to converge
 DEADLINE = 900.0  # seconds for the whole run
 PERSIST_THREADS = 16
+WAIT_REPORT = re.compile(r"every connected host holds it \(\d+ hosts, ([\d.]+) s\)")
 TARGET_RATIO = 1.5
 
 
@@ -137,9 +145,18 @@ async def run_agents(
         for k in range(1, args.repeats + 1):
             host = rotate(base, k)
             await asyncio.sleep(1.0)  # quiet before the clock starts
+            before = await lab.configure()  # the version now
             started = time.time()
-            version = await lab.configure(host=",".join(host))
+            if args.wait:
+                waiting = asyncio.create_task(config_set_wait(lab, ",".join(host)))
+                version = await wait_version(lab, before, started)
+            else:
+                version = await lab.configure(host=",".join(host))
             seen = await wait_persisted(agents_dir, args.agents, started, WAIT)
+            reported = None
+            if args.wait:
+                reported, returned_s = await waiting
+                returned_s -= started
             await asyncio.sleep(1.0)  # the last renames land
             persisted = [t - started for t in folder_times(agents_dir, args.agents)]
             unsettled = await wait_settled(lab, args.agents, SETTLE, strict=False)
@@ -150,6 +167,8 @@ async def run_agents(
                 "version": version,
                 "persisted": summary(persisted),
                 "seen_by_poll_s": round(seen - started, 3),
+                "wait_reported_s": reported,
+                "wait_returned_s": round(returned_s, 3) if reported is not None else None,
                 "files_ok": good,
                 "off_first_entry_after_s": {SETTLE: unsettled},
             })  # fmt: skip
@@ -159,6 +178,33 @@ async def run_agents(
             recorder.stop()
         await lab.stop()
     return off_at_start, rows
+
+
+async def config_set_wait(lab: Lab, host: str) -> tuple[float, float]:
+    """Run `msctl config set host HOST --wait`; (the time it reports, when it returned). The
+    URL goes in the environment (it holds the lab's Redis password)."""
+    env = {**os.environ, "MSRV_REDIS_URL": lab.url, "MSRV_NAMESPACE": lab.namespace}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "msctl", "config", "set", "host", host, "--wait", "--timeout",
+        str(WAIT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    returned = time.time()
+    found = WAIT_REPORT.search(out.decode())
+    if process.returncode != 0 or found is None:
+        raise RuntimeError(f"msctl config set --wait: {out.decode()}{err.decode()}")
+    return float(found.group(1)), returned
+
+
+async def wait_version(lab: Lab, before: int, since: float) -> int:
+    """The config version once `msctl config set` moved it past `before`."""
+    async with lab.connected() as client:
+        store = ConfigStore(client, lab.keys)
+        while (version := await store.version()) == before:
+            if time.time() - since > WAIT:
+                raise TimeoutError("msctl config set never changed the config version")
+            await asyncio.sleep(0.01)
+    return version
 
 
 # ---------------------------------------------------------------- the floor
@@ -282,11 +328,12 @@ def print_result(result: dict[str, object]) -> None:
         p = rep["persisted"]
         name = f"agents rep {rep['repeat']} ({rep['host']})"
         ok = f"{rep['files_ok']}/{result['agents']}"
-        rows.append([name, p["p50_s"], p["p99_s"], p["max_s"], rep["seen_by_poll_s"], ok])
+        waited = rep.get("wait_reported_s") or "-"
+        rows.append([name, p["p50_s"], p["p99_s"], p["max_s"], rep["seen_by_poll_s"], waited, ok])
     for key in ("floor_fsync", "floor_nofsync"):
         f = result[key]
-        rows.append([key.replace("_", " "), f["p50_s"], f["p99_s"], f["max_s"], "-", "-"])  # type: ignore[index]
-    print_table(rows, ["run", "p50 s", "p99 s", "max s", "poll saw all s", "files ok"])
+        rows.append([key.replace("_", " "), f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-"])  # type: ignore[index]
+    print_table(rows, ["run", "p50 s", "p99 s", "max s", "poll saw all s", "--wait s", "files ok"])
     print(f"agents max / floor max (fsync): median rep {result['ratio_median']}, "
           f"worst rep {result['ratio_worst']} (target <= {TARGET_RATIO})")  # fmt: skip
 
@@ -296,6 +343,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the swarm into DIR")
+    parser.add_argument("--wait", action="store_true", help="change with msctl config set --wait")
     parser.add_argument("--floor-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
