@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.durability import confirm_replicated
 from common.errors import ValidationError
 from common.keys import Keys
 
@@ -217,12 +218,16 @@ async def load_ca(redis: aioredis.Redis, keys: Keys) -> CertificateAuthority | N
 
 async def ensure_ca(redis: aioredis.Redis, keys: Keys) -> CertificateAuthority:
     """The namespace's CA, created now if there is none (SET NX: of two creators racing, one
-    wins and both use its CA)."""
+    wins and both use its CA). A new CA is returned once a replica holds it, when the master
+    has replicas (NotReplicatedError otherwise: it is on the master, and a failover now would
+    have the next server or `msctl token create` make another CA, refusing this one's
+    certificates)."""
     existing = await load_ca(redis, keys)
     if existing is not None:
         return existing
     candidate = CertificateAuthority.create(keys.namespace)
     if await redis.set(keys.ca, candidate.to_json(), nx=True):
+        await confirm_replicated(redis, keys, f"the new CA {candidate.fingerprint}")
         return candidate
     winner = await load_ca(redis, keys)
     if winner is None:  # deleted in between: extremely unlikely; try once more

@@ -3,6 +3,8 @@
 Every accepted change writes the value, bumps the version and publishes a `config.changed`
 event in one MULTI/EXEC (optimistic: WATCH the version and the hash, retry on conflict).
 Setting a value to what it already is, or unsetting what is not set, changes nothing.
+Either way the command returns only once a replica holds the settings, when the master has
+replicas (common.durability): a failover right after cannot lose an acknowledged change.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from common import events
+from common.durability import confirm_replicated
 from common.errors import ValidationError
 from common.keys import Keys
 from common.settings import (
@@ -104,6 +107,16 @@ class ConfigStore:
         return await self._write(name, None, cluster, self._hash_for(name, cluster))
 
     async def _write(
+        self, name: str, value: str | None, cluster: str | None, hash_key: str
+    ) -> ConfigChange:
+        """Write, then wait for a replica (also when nothing changed: an earlier write of the
+        same value that no replica confirmed is confirmed now)."""
+        change = await self._transact(name, value, cluster, hash_key)
+        where = f" (cluster {cluster})" if cluster is not None else ""
+        await confirm_replicated(self.redis, self.keys, f"{name}{where}")
+        return change
+
+    async def _transact(
         self, name: str, value: str | None, cluster: str | None, hash_key: str
     ) -> ConfigChange:
         version_key = self.keys.settings_version

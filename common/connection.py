@@ -1,8 +1,10 @@
 """Redis connections: one place that builds the asyncio client from a URL, and one that makes a
 URL fit to print (`redacted`).
 
-A URL is only ever parsed by redis-py: `redis://[[user]:password@]host[:port][/db]`,
-`rediss://` (TLS) and `unix://` all work wherever a URL is taken.
+A URL is parsed by redis-py: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS)
+and `unix://` all work wherever a URL is taken; so does
+`redis+sentinel://[[user]:password@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`, which redis-py has
+no URL for (common.sentinel parses it and builds the client from redis-py's Sentinel).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common.errors import ValidationError
+from common.sentinel import is_sentinel_url, parse_sentinel_url, sentinel_client
 
 REDACTED = "***"
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&#]*)")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:sentinel_)?password=)([^&#]*)")
 
 
 def _hide(url: str) -> tuple[str, list[str]]:
@@ -48,8 +51,9 @@ def _hide(url: str) -> tuple[str, list[str]]:
 
 def redacted(url: str) -> str:
     """`url` as logs, errors and terminal output show it: the password (after `user:` or a
-    lone `:` in the userinfo, or in a `password=` query argument) replaced by `***`; a userinfo
-    of one word is hidden whole. Everything else (scheme, user, host, port, db) is kept."""
+    lone `:` in the userinfo, or in a `password=` or `sentinel_password=` query argument)
+    replaced by `***`; a userinfo of one word is hidden whole. Everything else (scheme, user,
+    hosts, port, service, db) is kept."""
     return _hide(url)[0]
 
 
@@ -69,6 +73,9 @@ def redis_from_url(
     `max_connections` caps the pool, and a command then waits (up to `timeout`) for a free
     connection. Without it redis-py's pool refuses the 101st concurrent command ("Too many
     connections").
+
+    A `redis+sentinel://` URL gives a client of the master the sentinels name, found again
+    through them after a failover (common.sentinel), with the same options.
     """
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -78,6 +85,12 @@ def redis_from_url(
     }
     if retries is not None:
         options["retry"] = Retry(NoBackoff(), retries)
+    if is_sentinel_url(url):
+        try:
+            parsed = parse_sentinel_url(url)
+        except ValidationError as exc:
+            raise ValidationError(f"redis url {redacted(url)!r}: {exc}") from None
+        return sentinel_client(parsed, options, timeout=timeout, max_connections=max_connections)
     try:
         if max_connections is not None:
             pool = aioredis.BlockingConnectionPool.from_url(

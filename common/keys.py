@@ -94,6 +94,12 @@ class Keys:
         return self._k("events")
 
     @property
+    def replication_probe(self) -> str:
+        """Pub/sub channel nobody listens on: common.durability publishes on it so that its WAIT
+        has a write of its own connection to wait for (PUBLISH is replicated)."""
+        return self._k("replication", "probe")
+
+    @property
     def lab_control(self) -> str:
         """Pub/sub channel on which `msctl lab kill|start` ask a running `msctl lab up`."""
         return self._k("lab", "control")

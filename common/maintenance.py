@@ -19,6 +19,10 @@
   msctl for a server that stopped meanwhile): a compare-and-set, so a cancel in between wins.
 - cancel (`msctl servers cancel-maintenance ID`): the key goes; every server puts the address
   back in the lists, and the server takes startups again.
+
+Across a Redis failover (common.durability): begin and cancel return once a replica holds the
+state (when the master has replicas); a finish that was lost is made again by the server's
+housekeeping, which finds itself preparing and idle.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from redis.exceptions import WatchError
 from common import events
 from common.assignment import left_out
 from common.configstore import ConfigStore
+from common.durability import confirm_replicated
 from common.errors import ValidationError
 from common.keys import Keys
 from common.records import OUT_OF_SERVICE, ServerRecord, ServerState, load_servers
@@ -96,8 +101,15 @@ def _check_not_last(
 
 async def begin(redis: aioredis.Redis, keys: Keys, server_id: str) -> ServerState:
     """Take the server out of service (preparing; maintenance at once when its process is not
-    running; a server in maintenance stays so); its state now. Atomic against another begin
-    or a change of `host` (WATCH, retried on conflict)."""
+    running; a server in maintenance stays so); its state now, held by a replica when the
+    master has replicas. Atomic against another begin or a change of `host` (WATCH, retried on
+    conflict)."""
+    state = await _begin(redis, keys, server_id)
+    await confirm_replicated(redis, keys, f"server {server_id} {state}")
+    return state
+
+
+async def _begin(redis: aioredis.Redis, keys: Keys, server_id: str) -> ServerState:
     key = keys.server_maintenance(server_id)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
@@ -139,7 +151,8 @@ async def finish(redis: aioredis.Redis, keys: Keys, server_id: str) -> bool:
 
 
 async def cancel(redis: aioredis.Redis, keys: Keys, server_id: str) -> ServerState | None:
-    """Put the server back in service; the state it was in (None: it was in service)."""
+    """Put the server back in service; the state it was in (None: it was in service). Returns
+    once a replica holds it, when the master has replicas."""
     await _servers(redis, keys, server_id)
     was = await redis.eval(
         _CANCEL,
@@ -148,4 +161,5 @@ async def cancel(redis: aioredis.Redis, keys: Keys, server_id: str) -> ServerSta
         keys.events,
         events.server_maintenance(server_id, str(ServerState.RUNNING)),
     )
+    await confirm_replicated(redis, keys, f"server {server_id} back in service")
     return ServerState(was) if was in OUT_OF_SERVICE else None

@@ -27,6 +27,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from common import events, host_scripts
+from common.durability import confirm_replicated
 from common.errors import LbError, ValidationError
 from common.keys import Keys
 
@@ -298,4 +299,6 @@ async def remove_host(redis: aioredis.Redis, keys: Keys, host_id: int) -> HostRe
                 "stop its agent first, then remove it"
             )
         if status == "removed":
+            # a removal a failover lost would give the host its certificates back
+            await confirm_replicated(redis, keys, f"removal of host {host_id}")
             return record

@@ -28,6 +28,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from common.ca import ensure_ca
+from common.durability import confirm_replicated
 from common.errors import ValidationError
 from common.keys import Keys
 
@@ -183,6 +184,9 @@ async def create_token(
         args: list[str | float] = [token_id, _hash(secret), expires, uses, created]
         if await script(keys=[keys.token(token_id), keys.tokens], args=args):
             break
+    # confirmed on a replica before it is shown: a token a failover lost would refuse every
+    # agent given it
+    await confirm_replicated(redis, keys, f"join token {token_id}")
     token = JoinToken(ca.fingerprint, token_id, secret)
     logger.info("join token %s created: %d use(s), expires at %d", token_id, uses, expires)
     return token.as_text(), TokenInfo(token_id, expires, uses, False, created)
@@ -218,6 +222,8 @@ async def revoke_token(redis: aioredis.Redis, keys: Keys, token_id: str) -> None
     if _ID.fullmatch(token_id):
         script = redis.register_script(_REVOKE)
         if await script(keys=[keys.token(token_id)], args=[time.time()]):
+            # a revocation a failover lost would make the token valid again
+            await confirm_replicated(redis, keys, f"revocation of join token {token_id}")
             logger.info("join token %s revoked", token_id)
             return
     raise UnknownTokenError(f"no join token {token_id!r} (never created, or expired)")
@@ -234,6 +240,8 @@ async def consume_token(
     same pending key) is not charged another use, even when no use is left."""
     if not _ID.fullmatch(token_id):
         return TokenCheck.UNKNOWN
+    # Not confirmed on a replica (an enrollment waits for no replica): a use a failover lost
+    # leaves the token one more use (common.durability).
     script = redis.register_script(_CONSUME)
     found = await script(keys=[keys.token(token_id)], args=[_hash(secret), holder])
     return TokenCheck(found.decode() if isinstance(found, bytes) else found)

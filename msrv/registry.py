@@ -4,6 +4,13 @@ A startup is two scripts: the guid's id (HOST_ID), then the session's record and
 (START_SESSION), whose keys need the id. Sessions' writes are queued in order and pipelined
 (msrv.writes): a storm of startups costs a few round trips, with no lock and no pooled
 connection per agent.
+
+A Redis master failover (common.durability): none of these writes waits for a replica. What a
+lost write held is written again by the server that holds it: every server re-asserts the
+hosts it serves when it resyncs after the failover (and every reassert interval), ids, zones
+and id counter included (`reassert`); its own record and liveness key at the next refresh.
+A failover is seen as any outage: the writer's errors (a ReadOnlyError from a demoted master
+among them) fail the startups waiting on them, which are refused as retryable.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState
 
@@ -26,24 +28,38 @@ from common.retry import retry_policy as build_retry_policy
 logger = logging.getLogger(__name__)
 
 # Errors that mean "Redis is not there (yet)": retried. Anything else is a bug and crashes.
+# A master failover (DESIGN, Redis high availability) shows as these too: no master known to
+# the sentinels (MasterNotFoundError, a ConnectionError); a demoted master refusing a write
+# (ReadOnlyError: through a sentinel URL redis-py makes it a ConnectionError and asks the
+# sentinels again; through a `redis://` address that now names a replica it is not); a script
+# loaded on the old master and run on the new one (NoScriptError; the next pipeline loads it).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
+    ReadOnlyError,
+    NoScriptError,
     ConnectionError,
     OSError,
 )
 
 
 def retry_policy(what: str, *, initial: float = 0.1, cap: float = 2.0) -> AsyncRetrying:
-    """Retry Redis connection errors forever, backing off exponentially (capped, jittered)."""
+    """Retry Redis connection errors forever, backing off exponentially (capped, jittered).
+    The first failure, the tenth and any of another kind than the one before are warnings."""
+    last_kind: type[BaseException | None] | None = None
 
     def before_sleep(state: RetryCallState) -> None:
+        nonlocal last_kind
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
-        log = logger.warning if state.attempt_number in (1, 10) else logger.debug
+        changed = type(error) is not last_kind
+        last_kind = type(error)
+        log = logger.warning if state.attempt_number in (1, 10) or changed else logger.debug
+        # the sentinels answer, but name no master (yet): says so, and what each one said
+        problem = "%s" if isinstance(error, MasterNotFoundError) else "Redis unreachable (%s)"
         log(
-            "%s: Redis unreachable (%s); attempt %d, retrying in %.2fs",
+            f"%s: {problem}; attempt %d, retrying in %.2fs",
             what,
             error,
             state.attempt_number,

@@ -29,8 +29,10 @@ from common.ca import (
     ensure_ca,
     key_id,
     key_pem,
+    load_ca,
     new_key,
 )
+from common.durability import NotReplicatedError
 from common.errors import LbError
 from common.keys import Keys
 from common.protocol import Ca, Enroll, Enrolled, ErrorCode, Renewed
@@ -79,7 +81,7 @@ class ServerTrust:
     async def load(self, advertise: str, validity_days: float, also: Sequence[str] = ()) -> None:
         """Load (or create) the CA and issue this server's certificate for `advertise` and the
         hosts in `also` (`msrv serve --tls-san`)."""
-        self._ca = ca = await ensure_ca(self.redis, self.keys)
+        self._ca = ca = await self._load_ca()
         key = new_key()
         host = parse_address(advertise).host
         certificate = ca.issue_server(host, key, validity_days, also)
@@ -94,6 +96,18 @@ class ServerTrust:
             ", ".join(dict.fromkeys([host, *also])),
             certificate.not_valid_after_utc.isoformat(timespec="seconds"),
         )
+
+    async def _load_ca(self) -> CertificateAuthority:
+        """The namespace's CA; one this server created and no replica confirmed in time is
+        used all the same (it is on the master), with a warning."""
+        try:
+            return await ensure_ca(self.redis, self.keys)
+        except NotReplicatedError as exc:
+            logger.warning("msrv %s: %s", self.server_id, exc)
+        ca = await load_ca(self.redis, self.keys)
+        if ca is None:  # gone meanwhile (a failover lost it): make one again
+            return await ensure_ca(self.redis, self.keys)
+        return ca
 
     async def handshake(
         self, writer: asyncio.StreamWriter, timeout: float
