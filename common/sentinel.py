@@ -28,8 +28,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.addresses import parse_address_list
@@ -114,6 +114,9 @@ class Sentinels(Sentinel):
             where = f"{kwargs['host']}:{kwargs['port']}"
             try:
                 masters = cast(dict[str, dict[str, Any]], await sentinel.sentinel_masters())
+            except AuthenticationError as exc:
+                reasons.append(f"{where} refused the credentials ({exc})")
+                continue
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 reasons.append(f"{where} unreachable ({exc})")
                 continue
