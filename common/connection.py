@@ -13,11 +13,12 @@ import re
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common.errors import ValidationError
-from common.sentinel import is_sentinel_url, parse_sentinel_url, sentinel_client
+from common.sentinel import SentinelUrl, is_sentinel_url, parse_sentinel_url, sentinel_client
 
 REDACTED = "***"
 _QUERY_PASSWORD = re.compile(r"(?i)([?&](?:sentinel_)?password=)([^&#]*)")
@@ -86,10 +87,7 @@ def redis_from_url(
     if retries is not None:
         options["retry"] = Retry(NoBackoff(), retries)
     if is_sentinel_url(url):
-        try:
-            parsed = parse_sentinel_url(url)
-        except ValidationError as exc:
-            raise ValidationError(f"redis url {redacted(url)!r}: {exc}") from None
+        parsed = _parsed_sentinel_url(url)
         return sentinel_client(parsed, options, timeout=timeout, max_connections=max_connections)
     try:
         if max_connections is not None:
@@ -99,11 +97,36 @@ def redis_from_url(
             return aioredis.Redis.from_pool(pool)
         return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
-        shown, secrets = _hide(url)
-        detail = str(exc)
-        # urllib's messages quote parts of a malformed URL ("Port could not be cast to integer
-        # value as '...'"), which for a password with an unescaped '/' is part of the password
-        pieces = [p for s in secrets for p in re.split(r"[/?#:@&=]", s) if p]
-        if any(piece in detail for piece in pieces):
-            detail = "not a valid URL (details hidden: they would show part of the password)"
-        raise ValidationError(f"redis url {shown!r}: {detail}") from None
+        raise _refused(url, exc) from None
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValidationError (one line, passwords hidden) for a URL `redis_from_url` would
+    refuse; connects to nothing, so a daemon can refuse its command line at once."""
+    if is_sentinel_url(url):
+        _parsed_sentinel_url(url)
+        return
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise _refused(url, exc) from None
+
+
+def _parsed_sentinel_url(url: str) -> SentinelUrl:
+    try:
+        return parse_sentinel_url(url)
+    except ValidationError as exc:  # its message quotes nothing of the userinfo
+        raise ValidationError(f"redis url {redacted(url)!r}: {exc}") from None
+
+
+def _refused(url: str, exc: ValueError) -> ValidationError:
+    """redis-py's reason for refusing `url`, unless it would show part of a password."""
+    shown, secrets = _hide(url)
+    # redis-py's list of schemes lacks the one it has no URL for
+    detail = str(exc).replace("unix://)", "unix://, redis+sentinel://)")
+    # urllib's messages quote parts of a malformed URL ("Port could not be cast to integer
+    # value as '...'"), which for a password with an unescaped '/' is part of the password
+    pieces = [p for s in secrets for p in re.split(r"[/?#:@&=]", s) if p]
+    if any(piece in detail for piece in pieces):
+        detail = "not a valid URL (details hidden: they would show part of the password)"
+    return ValidationError(f"redis url {shown!r}: {detail}")

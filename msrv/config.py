@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.addresses import parse_address
+from common.connection import check_redis_url
 from common.errors import ValidationError
 from common.keys import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, check_namespace
 
@@ -68,11 +69,18 @@ class ServerSettings:
             listen_port=address.port,
             advertise=advertise,
             server_id=server_id,
-            redis_url=redis_url,
+            redis_url=_checked(redis_url),
             namespace=check_namespace(namespace),
             tls_san=tls_hosts(tls_san),
             metrics=metrics_address(metrics) if metrics else None,
         )
+
+
+def _checked(redis_url: str) -> str:
+    """The URL, refused at once (one line, passwords hidden) if no client can be built from
+    it, rather than by a traceback once the server starts."""
+    check_redis_url(redis_url)
+    return redis_url
 
 
 def metrics_address(value: str) -> tuple[str, int]:

@@ -24,6 +24,23 @@ def test_bad_usage_exits_2(args: list[str], reason: str) -> None:
     assert reason in result.output
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis+sentinel://:s3cret@h:26379,h:x/lab", "sentinel entry 2 'h:x': port 'x' is not"),
+        ("redis+sentinel://:s3cret@h:26379", "no service name"),
+        ("redis://:s3cret@h:x/0", "Port could not be cast to integer value as 'x'"),
+        ("http://:s3cret@h/0", "(redis://, rediss://, unix://, redis+sentinel://)"),
+    ],
+)
+def test_a_bad_redis_url_exits_2_in_one_line_without_its_password(url: str, reason: str) -> None:
+    """Refused before the server starts, rather than by a traceback once it builds its client."""
+    result = CliRunner().invoke(cli, ["serve", "--listen", "127.0.0.1:8250", "--redis-url", url])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1].startswith("Error: redis url '")
+    assert reason in result.output and "s3cret" not in result.output
+
+
 def test_settings_defaults() -> None:
     settings = ServerSettings.build("127.0.0.1:8250")
     assert (settings.advertise, settings.server_id) == ("127.0.0.1:8250", "127.0.0.1:8250")
