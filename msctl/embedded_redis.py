@@ -3,6 +3,10 @@ loopback port, or, when the binary is missing, fakeredis's TCP server in this pr
 
 The lab's redis-server requires a password (generated, see `start_embedded`), given to it in a
 config file of mode 0600, never on its command line, where `ps` would show it to every user.
+redis-server runs with umask 077, so a file it writes (a CONFIG REWRITE, which a Sentinel
+failover makes, would otherwise leave the password in a file of mode 0644) is its owner's only.
+It runs in a process group of its own, so that Ctrl-C at the lab's terminal leaves it to the
+lab to stop it last, after the servers and agents that use it.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _config_string(value: str) -> str:
+def config_string(value: str) -> str:
     """`value` as a double-quoted redis.conf argument (\\xHH escapes, which Redis reads)."""
     inner = "".join(
         chr(b) if 0x20 <= b <= 0x7E and b not in b'"\\' else f"\\x{b:02x}" for b in value.encode()
@@ -97,7 +101,8 @@ def _config_string(value: str) -> str:
 class RedisServer:
     """One redis-server process. `persist=True` keeps an fsync'd AOF in `workdir`, so a
     killed and restarted server comes back with its data. With a `password`, clients must
-    AUTH (it is in `url`); redis-server reads it from `workdir`/redis.conf, mode 0600."""
+    AUTH (it is in `url`); redis-server reads it from `workdir`/redis.conf, mode 0600, with
+    `settings` (more redis.conf lines, e.g. `replicaof`), read again at each start."""
 
     def __init__(
         self,
@@ -111,6 +116,7 @@ class RedisServer:
         self.port = port or free_port()
         self.persist = persist
         self.password = password
+        self.settings: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
         self.kind = "redis-server"
 
@@ -127,12 +133,20 @@ class RedisServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def config_lines(self) -> list[str]:
+        password = [f"requirepass {config_string(self.password)}"] if self.password else []
+        return password + self.settings
+
     def command(self) -> list[str]:
         binary = shutil.which("redis-server")
         if binary is None:
             raise EmbeddedRedisError("redis-server is not on PATH")
         # a config file, when there is one, must come first; the other options override it
-        args = [binary, str(self.config_file)] if self.password else [binary]
+        args = [binary, str(self.config_file)] if self.config_lines() else [binary]
         args += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.workdir), "--protected-mode", "no", "--daemonize", "no"]
         args += ["--logfile", str(self.workdir / "redis.log")]
@@ -143,14 +157,18 @@ class RedisServer:
         return args
 
     def start(self) -> RedisServer:
+        """Start it (from the thread that will outlive it: PR_SET_PDEATHSIG fires when the
+        thread that forked the child ends) and wait until it answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.password:
-            config = f"requirepass {_config_string(self.password)}\n"
-            atomic_write(self.config_file, config.encode(), mode=0o600)
+        lines = self.config_lines()
+        if lines:
+            atomic_write(self.config_file, "".join(f"{x}\n" for x in lines).encode(), mode=0o600)
         self.process = subprocess.Popen(
             self.command(),
             stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - it makes one system call, see above
+            umask=0o077,
+            process_group=0,
         )
         wait_for_redis(self.url, process=self.process)
         return self

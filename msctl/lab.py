@@ -5,7 +5,8 @@ loopback addresses, and a swarm of agents, as child processes that stop together
 
 The Redis URL can hold a password (the embedded Redis always has one): servers get it in their
 environment, lab.json (mode 0600) keeps it for `msctl` in a second terminal, and output shows it
-through `common.connection.redacted`.
+through `common.connection.redacted`. With `redis_ha`, the embedded Redis is a master, two
+replicas and three sentinels (msctl.redis_ha) and every client gets its `redis+sentinel://` URL.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from msctl.children import (
 )
 from msctl.embedded_redis import FakeRedisTcp, RedisServer, free_port, start_embedded
 from msctl.options import msctl_redis
+from msctl.redis_ha import RedisHA
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +96,11 @@ class Lab:
     port: int | None = None  # None: 8250 where free; 0: always a free port
     swarm_args: tuple[str, ...] = ()
     metrics: bool = True  # each server serves /metrics (benches measure its cost)
+    redis_ha: bool = False  # embedded: master, 2 replicas, 3 sentinels (needs redis-server)
     members: list[LabServer] = field(default_factory=list)
     swarm: LoggedProcess | None = None
-    embedded: RedisServer | FakeRedisTcp | None = None
+    embedded: RedisServer | FakeRedisTcp | RedisHA | None = None
+    control_reply: dict[str, Any] | None = None  # the answer to the last `msctl lab kill|start`
 
     @property
     def keys(self) -> Keys:
@@ -106,6 +110,10 @@ class Lab:
     def url(self) -> str:
         assert self.redis_url is not None
         return self.redis_url
+
+    @property
+    def ha(self) -> RedisHA | None:
+        return self.embedded if isinstance(self.embedded, RedisHA) else None
 
     @property
     def addresses(self) -> list[str]:
@@ -126,7 +134,10 @@ class Lab:
     async def start(self, **settings: str) -> None:
         """Redis, servers, the `host` setting (plus `settings`), then the agents."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.redis_url is None:
+        if self.redis_url is None and self.redis_ha:
+            self.embedded = await RedisHA(self.directory / "redis-ha").start()
+            self.redis_url = self.embedded.url
+        elif self.redis_url is None:
             self.embedded = start_embedded(self.directory / "redis")
             self.redis_url = self.embedded.url
         else:
@@ -206,6 +217,28 @@ class Lab:
         self.write_state()
         return code
 
+    async def kill_redis(self) -> str:
+        """SIGKILL the master of the lab's Redis group (the sentinels then promote a replica)."""
+        address = await self._group().kill_master()
+        self.write_state()
+        return f"redis master {address} killed"
+
+    async def start_redis(self) -> str:
+        """Start the killed Redis again, as a replica of the master once there is one."""
+        done = await self._group().start_killed()
+        self.write_state()
+        return done
+
+    def _group(self) -> RedisHA:
+        if self.ha is None:
+            raise ChildError("this lab's Redis is not highly available (msctl lab up --redis-ha)")
+        return self.ha
+
+    def answer(self, request_id: str, result: str, *, ok: bool) -> None:
+        """Answer a control request in lab.json, where `msctl lab kill|start` waits for it."""
+        self.control_reply = {"id": request_id, "ok": ok, "result": result}
+        self.write_state()
+
     async def stop(self) -> None:
         """Stop every child: agents first (clean goodbyes), then servers, then Redis."""
         if self.swarm is not None:
@@ -234,6 +267,7 @@ class Lab:
             "namespace": self.namespace,
             "embedded_redis": self.embedded.kind if self.embedded is not None else None,
             "embedded_redis_pid": self.embedded.pid if self.embedded is not None else None,
+            "redis_ha": self.ha.state() if self.ha is not None else None,
             "control_pid": os.getpid(),
             "servers": [
                 {
@@ -245,6 +279,7 @@ class Lab:
                 for m in self.members
             ],
             "swarm": {"pid": pid(self.swarm), "agents": self.agents},
+            "control": self.control_reply,
         }
 
     def write_state(self) -> None:

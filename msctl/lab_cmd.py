@@ -1,11 +1,11 @@
 """`msctl lab up|demo|kill|start`: the system on this machine, on an embedded Redis unless
-given one."""
+given one (with `--redis-ha`, a master, two replicas and three sentinels: msctl.redis_ha).
+`msctl lab kill|start` talk to a running lab through msctl.lab_control."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 import tempfile
@@ -13,19 +13,20 @@ import time
 from pathlib import Path
 
 import click
+from redis.exceptions import RedisError
 
-from common.connection import redacted, redis_from_url
+from common.connection import redacted
 from common.errors import Failed, Rejected
 from common.keys import Keys
+from msctl import lab_control
 from msctl.children import ChildError
-from msctl.embedded_redis import EmbeddedRedisError
-from msctl.lab import STATE_FILE, Lab, read_state
+from msctl.embedded_redis import EmbeddedRedisError, have_redis_server
+from msctl.lab import STATE_FILE, Lab
 from msctl.lab_demo import Demo, DemoFailedError
 from msctl.lab_view import read_view
 from msctl.options import DEFAULT_LAB_DIR, LAB_DIR_ENV
+from msctl.redis_ha import RedisHaError
 from msctl.tables import printable
-
-CONTROL_TIMEOUT = 20.0
 
 
 @click.group("lab")
@@ -60,20 +61,39 @@ _dir_option = click.option(
 @click.option("--servers", default=3, show_default=True, type=click.IntRange(1, 9))
 @click.option("--agents", default=3, show_default=True, type=click.IntRange(0, 20_000))
 @_redis_option
+@click.option(
+    "--redis-ha",
+    is_flag=True,
+    help="embed a master, 2 replicas and 3 sentinels (redis-server); `lab kill redis` kills the"
+    " master",
+)
 @click.option("--namespace", envvar="MSRV_NAMESPACE", default="lab", show_default=True)
 @_dir_option
+@click.pass_context
 def lab_up(
-    servers: int, agents: int, redis_url: str | None, namespace: str, directory: Path
+    ctx: click.Context,
+    servers: int,
+    agents: int,
+    redis_url: str | None,
+    redis_ha: bool,
+    namespace: str,
+    directory: Path,
 ) -> None:
     """Start Redis, SERVERS servers and AGENTS agents; show them live until Ctrl-C."""
-    lab = Lab(directory.resolve(), servers, agents, redis_url, namespace)
+    if redis_ha:
+        if ctx.get_parameter_source("redis_url") == click.core.ParameterSource.COMMANDLINE:
+            raise Rejected("--redis-ha starts the lab's own Redis: give it or --redis-url")
+        if not have_redis_server():
+            raise Rejected("--redis-ha needs redis-server (it also runs the sentinels): install it")
+        redis_url = None  # an MSRV_REDIS_URL in the environment gives way to the flag
+    lab = Lab(directory.resolve(), servers, agents, redis_url, namespace, redis_ha=redis_ha)
     try:
         Keys(namespace)
     except ValueError as exc:
         raise Rejected(str(exc)) from None
     try:
         asyncio.run(_up(lab))
-    except (ChildError, EmbeddedRedisError) as exc:
+    except (ChildError, EmbeddedRedisError, RedisHaError) as exc:
         raise Failed(str(exc)) from None
 
 
@@ -96,9 +116,11 @@ async def _up(lab: Lab) -> None:
         if not here:
             click.echo(f"  export {LAB_DIR_ENV}={lab.directory}")
         click.echo("  msctl hosts · msctl servers · msctl lab kill ms1 · msctl lab start ms1")
+        if lab.ha is not None:
+            click.echo("  msctl lab kill redis (its master) · msctl lab start redis")
         click.echo("Ctrl-C stops everything.")
         async with asyncio.TaskGroup() as tasks:
-            control = tasks.create_task(_serve_control(lab))
+            control = tasks.create_task(lab_control.serve(lab))
             view = tasks.create_task(_show(lab, stop))
             await stop.wait()
             control.cancel()
@@ -116,8 +138,8 @@ async def _show(lab: Lab, stop: asyncio.Event) -> None:
     client = lab.redis()
     try:
         while not stop.is_set():
-            with contextlib.suppress(OSError, ConnectionError):
-                text = (await read_view(client, lab.keys)).render()
+            with contextlib.suppress(OSError, RedisError):  # Redis away: the next frame will do
+                text = (await read_view(client, lab.keys, lab.ha)).render()
                 if tty:
                     click.clear()
                     click.echo(f"{time.strftime('%H:%M:%S')}  (Ctrl-C stops the lab)\n{text}")
@@ -131,79 +153,24 @@ async def _show(lab: Lab, stop: asyncio.Event) -> None:
         await client.aclose()
 
 
-async def _serve_control(lab: Lab) -> None:
-    """Carry out `msctl lab kill|start SERVER` sent from another terminal."""
-    client = lab.redis()
-    pubsub = client.pubsub()
-    try:
-        await pubsub.subscribe(lab.keys.lab_control)
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
-            try:
-                request = json.loads(message["data"])
-                action, server = request["action"], request["server"]
-                if action == "kill":
-                    await lab.kill_server(server, signal.SIGKILL)
-                elif action == "start":
-                    await lab.start_server(server)
-                click.echo(f"lab: {action} {server}: done")
-            except (ValueError, KeyError, TypeError, ChildError) as exc:
-                click.echo(f"lab: bad control request {message['data']!r}: {exc}", err=True)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await client.aclose()
-
-
 # ---- lab kill / start ---------------------------------------------------------------------------
-
-
-def _control(directory: Path, action: str, server: str) -> None:
-    try:
-        state = read_state(directory)
-    except FileNotFoundError as exc:
-        raise Failed(str(exc)) from None
-    ids = {s["id"]: s for s in state["servers"]} | {s["listen"]: s for s in state["servers"]}
-    if server not in ids:
-        names = ", ".join(s["id"] for s in state["servers"])
-        raise Rejected(f"no server {server!r} in the lab (servers: {names})")
-    server_id = ids[server]["id"]
-    keys = Keys(state["namespace"])
-
-    async def ask() -> None:
-        client = redis_from_url(state["redis_url"])
-        try:
-            request = json.dumps({"action": action, "server": server_id})
-            if not await client.publish(keys.lab_control, request):
-                raise Failed("no `msctl lab up` is listening for this lab")
-        finally:
-            await client.aclose()
-        deadline = time.monotonic() + CONTROL_TIMEOUT
-        while time.monotonic() < deadline:
-            entry = {s["id"]: s for s in read_state(directory)["servers"]}[server_id]
-            if (entry["pid"] is None) == (action == "kill"):
-                return
-            await asyncio.sleep(0.1)
-        raise Failed(f"{action} {server_id}: the lab did not do it within {CONTROL_TIMEOUT:g}s")
-
-    asyncio.run(ask())
-    click.echo(f"{server_id} {'killed' if action == 'kill' else 'started'}")
 
 
 @lab_group.command("kill")
 @click.argument("server")
 @_dir_option
 def lab_kill(server: str, directory: Path) -> None:
-    """Kill SERVER (id like ms1, or its address) with SIGKILL, as a crash would."""
-    _control(directory, "kill", server)
+    """Kill SERVER (id like ms1, or its address) with SIGKILL, as a crash would; `redis`: the
+    master of a lab started with --redis-ha (the sentinels promote a replica)."""
+    lab_control.request(directory, "kill", server)
 
 
 @lab_group.command("start")
 @click.argument("server")
 @_dir_option
 def lab_start(server: str, directory: Path) -> None:
-    """Start SERVER again."""
-    _control(directory, "start", server)
+    """Start SERVER again; `redis`: the killed Redis, as a replica of the new master."""
+    lab_control.request(directory, "start", server)
 
 
 # ---- lab demo -----------------------------------------------------------------------------------
