@@ -12,12 +12,12 @@ and the run waits for that to settle. ping.interval is 60 s so heartbeats do not
 
 Every session is mutual TLS 1.3: the swarm's agents enroll with a join token at the start.
 
-The floor, in the same run: a minimal asyncio program (a child process, one event loop) that
-writes the same ms_list frames to N TLS sessions (the contexts of common.tls, EC P-256
-certificates of a CA of its own, 100 client certificates shared round robin; the handshakes are
-done before the clock starts), persists N agent.properties exactly the way the agent
-does (common.properties.update_properties: temp file, fsync, rename, folder fsync) on a 16-thread
-pool, and reads N acks; once with fsync, once with fsync made a no-op.
+The floors, in the same run (bench/convergence_floor.py): the bare floor, laid out as this run
+(3 one-line TLS server processes, one client process holding the N sessions, rewriting the
+`host=` line of N files with a bare temp-file, fsync, rename, fsync-folder write on 16 threads,
+acking each; `--repeats` pushes, timed by the folders' mtimes as the agents are), with and
+without fsync; and the project floor of the rounds before (one process, the project's
+properties code), with and without fsync.
 
     .venv/bin/python bench/convergence.py [--agents 3000] [--repeats 3] [--profile DIR] [--wait]
 
@@ -26,14 +26,14 @@ operator runs it; its polling of the registry then competes for the same two cor
 time it reports (every connected host holds the new list) is shown beside the bench's own
 figures.
 
-Prints a table, then one JSON line (the last line). Target: agents' max <= 1.5 x floor (fsync).
+Prints a table, then one JSON line (the last line). Target: agents' max <= 1.5 x the bare
+floor's max (fsync; the median of its repetitions).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import json
 import os
 import re
@@ -46,32 +46,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import HostView, lab_views, on_first_entry, print_json, print_table, summary
-from benchtls import BenchLab, Identities
+from benchtls import BenchLab
+from convergence_floor import folder_times, rotate, run_bare, run_project
 from profiling import Recorder, print_self_time
 
 from agentd import config
-from agentd.swarm import SwarmSpec, prepare_properties
-from common import protocol
 from common.configstore import ConfigStore
-from common.properties import AgentProperties, update_properties
-from common.protocol import Ack, MsList
+from common.properties import AgentProperties
 from msctl.lab import Lab
 
 POLL = 0.1
 SETTLE = 20.0  # seconds given to the moves to the new first entries after a repetition
 WAIT = 90.0  # seconds for one repetition to converge
 DEADLINE = 900.0  # seconds for the whole run
-PERSIST_THREADS = 16
 WAIT_REPORT = re.compile(r"every connected host holds it \(\d+ hosts, ([\d.]+) s\)")
 TARGET_RATIO = 1.5
 
 
 # ---------------------------------------------------------------- the agents
-
-
-def rotate(items: list[str], k: int) -> list[str]:
-    k %= len(items)
-    return items[k:] + items[:k]
 
 
 async def wait_settled(lab: Lab, count: int, limit: float, strict: bool = True) -> int:
@@ -88,11 +80,6 @@ async def wait_settled(lab: Lab, count: int, limit: float, strict: bool = True) 
                 return count - done
             raise TimeoutError(f"only {done}/{count} agents settled")
         await asyncio.sleep(0.5)
-
-
-def folder_times(agents_dir: Path, count: int) -> list[float]:
-    """Each agent folder's last change (time.time scale): the rename of its agent.properties."""
-    return [(agents_dir / f"agent-{i:04d}").stat().st_mtime_ns / 1e9 for i in range(1, count + 1)]
 
 
 async def wait_persisted(agents_dir: Path, count: int, since: float, limit: float) -> float:
@@ -207,114 +194,43 @@ async def wait_version(lab: Lab, before: int, since: float) -> int:
     return version
 
 
-# ---------------------------------------------------------------- the floor
-
-
-async def floor(count: int, directory: Path, fsync: bool) -> dict[str, object]:
-    """Frames to N sockets, N files persisted like the agent does, N acks read."""
-    if not fsync:
-        os.fsync = lambda fd: None  # this child process only
-    addresses = ["127.0.0.1:8250", "127.0.0.2:8250", "127.0.0.3:8250"]
-    spec = SwarmSpec(count, directory, host=",".join(addresses) + "@roundrobin")
-    paths = [prepare_properties(spec, i) for i in range(1, count + 1)]
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(PERSIST_THREADS))
-    accepted: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    all_in = asyncio.Event()
-    ids = Identities.fresh("floor")
-    server_tls = ids.server_context("127.0.0.1")
-    clients_tls = [ids.client(f"floor-{i:04d}") for i in range(min(count, 100))]
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append((reader, writer))
-        if len(accepted) == count:
-            all_in.set()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, backlog=4096,
-                                        limit=protocol.READER_LIMIT, ssl=server_tls)  # fmt: skip
-    port = server.sockets[0].getsockname()[1]
-
-    async def agent(i: int, path: Path) -> None:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, limit=protocol.READER_LIMIT,
-            ssl=clients_tls[i % len(clients_tls)], server_hostname="127.0.0.1",
-        )  # fmt: skip
-        message = await protocol.read_message(reader)
-        assert isinstance(message, MsList)
-        value = ",".join(message.ms_list) + "@" + message.algorithm
-        await asyncio.to_thread(update_properties, path, {config.HOST: value})
-        writer.write(
-            protocol.encode(Ack(message.version, list(message.ms_list), message.algorithm))
-        )
-        await writer.drain()
-        await reader.read()  # until the server closes
-        writer.close()
-
-    agents = [asyncio.create_task(agent(i, p)) for i, p in enumerate(paths)]
-    await asyncio.wait_for(all_in.wait(), 120)
-    frames = [
-        protocol.encode(MsList(addresses[r:] + addresses[:r], "roundrobin", 0, 2, 60, 3))
-        for r in range(3)
-    ]
-    times: list[float] = []
-
-    async def read_ack(reader: asyncio.StreamReader, started: float) -> None:
-        message = await protocol.read_message(reader)
-        assert isinstance(message, Ack)
-        times.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    for i, (_, writer) in enumerate(accepted):
-        writer.write(frames[i % 3])
-    await asyncio.gather(*(read_ack(r, started) for r, _ in accepted))
-    for _, writer in accepted:
-        writer.close()
-    await asyncio.gather(*agents)
-    server.close()
-    return {"fsync": fsync, "agents": count, **summary(times)}
-
-
-async def run_floor(count: int, workdir: Path, fsync: bool) -> dict[str, object]:
-    folder = workdir / f"floor-{'fsync' if fsync else 'nofsync'}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--floor-child", str(count), "--dir", str(folder),
-        *([] if fsync else ["--no-fsync"]), stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), 180)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    if process.returncode != 0:
-        raise RuntimeError(f"floor child exited {process.returncode}")
-    result: dict[str, object] = json.loads(out.decode().splitlines()[-1])
-    return result
-
-
 # ---------------------------------------------------------------- the run
+
+
+FLOOR_SCRIPT = str(Path(__file__).resolve().parent / "convergence_floor.py")
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-convergence-") as tmp:
         workdir = Path(tmp)
-        floors = [await run_floor(args.agents, workdir, fsync) for fsync in (True, False)]
+        bare = [
+            await run_bare(args.agents, workdir, args.repeats, fsync, FLOOR_SCRIPT)
+            for fsync in (True, False)
+        ]
+        project = [
+            await run_project(args.agents, workdir, fsync, FLOOR_SCRIPT) for fsync in (True, False)
+        ]
         off_at_start, reps = await run_agents(args, workdir)
-    floor_max = float(floors[0]["max_s"])  # type: ignore[arg-type]
+    floor_max = float(bare[0]["max_median_s"])  # type: ignore[arg-type]
+    project_max = float(project[0]["max_s"])  # type: ignore[arg-type]
     maxima = sorted(float(r["persisted"]["max_s"]) for r in reps)  # type: ignore[index]
     worst, median = maxima[-1], maxima[len(maxima) // 2]
     result: dict[str, object] = {
         "bench": "convergence",
         "agents": args.agents,
         "servers": 3,
+        "load_at_start": args.load_at_start,
         "off_first_entry_at_start": off_at_start,
         "repeats": reps,
-        "floor_fsync": floors[0],
-        "floor_nofsync": floors[1],
+        "bare_floor_fsync": bare[0],
+        "bare_floor_nofsync": bare[1],
+        "project_floor_fsync": project[0],
+        "project_floor_nofsync": project[1],
         "agents_max_median_s": median,
         "agents_max_worst_s": worst,
         "ratio_median": round(median / floor_max, 2),
         "ratio_worst": round(worst / floor_max, 2),
+        "ratio_median_project_floor": round(median / project_max, 2),
         "target_ratio": TARGET_RATIO,
         "met": worst <= TARGET_RATIO * floor_max,
         "revision": benchlib.revision(),
@@ -330,12 +246,22 @@ def print_result(result: dict[str, object]) -> None:
         ok = f"{rep['files_ok']}/{result['agents']}"
         waited = rep.get("wait_reported_s") or "-"
         rows.append([name, p["p50_s"], p["p99_s"], p["max_s"], rep["seen_by_poll_s"], waited, ok])
-    for key in ("floor_fsync", "floor_nofsync"):
+    for key, label in (("bare_floor_fsync", "bare floor, fsync"),
+                       ("bare_floor_nofsync", "bare floor, no fsync")):  # fmt: skip
+        for k, f in enumerate(result[key]["repeats"], 1):  # type: ignore[index]
+            rows.append([f"{label}, rep {k}", f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-"])
+    for key, label in (("project_floor_fsync", "floor (one process, project's properties "
+                        "code), fsync"), ("project_floor_nofsync", "floor (one process, "
+                        "project's properties code), no fsync")):  # fmt: skip
         f = result[key]
-        rows.append([key.replace("_", " "), f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-"])  # type: ignore[index]
+        rows.append([label, f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-"])  # type: ignore[index]
     print_table(rows, ["run", "p50 s", "p99 s", "max s", "poll saw all s", "--wait s", "files ok"])
-    print(f"agents max / floor max (fsync): median rep {result['ratio_median']}, "
-          f"worst rep {result['ratio_worst']} (target <= {TARGET_RATIO})")  # fmt: skip
+    print(f"load average at the start: {result['load_at_start']}")
+    print(f"agents max / bare floor max (fsync, median of its reps "
+          f"{result['bare_floor_fsync']['max_median_s']} s): "  # type: ignore[index]
+          f"median rep {result['ratio_median']}, worst rep {result['ratio_worst']} "
+          f"(target <= {TARGET_RATIO}); against the project floor: "
+          f"{result['ratio_median_project_floor']}")  # fmt: skip
 
 
 def main() -> None:
@@ -344,14 +270,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the swarm into DIR")
     parser.add_argument("--wait", action="store_true", help="change with msctl config set --wait")
-    parser.add_argument("--floor-child", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--dir", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    benchlib.raise_nofile(4 * (args.floor_child or args.agents) + 1024)
-    if args.floor_child is not None:
-        print_json(asyncio.run(floor(args.floor_child, args.dir, not args.no_fsync)))
-        return
+    args.load_at_start = [round(x, 2) for x in os.getloadavg()]
+    benchlib.raise_nofile(4 * args.agents + 1024)
     with benchlib.leftovers_killed():
         result = asyncio.run(asyncio.wait_for(run(args), DEADLINE))
     if args.profile is not None:

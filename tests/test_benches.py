@@ -84,7 +84,11 @@ def test_convergence_bench():
     result = run_bench("convergence.py", "--agents", "30", "--repeats", "1")
     (rep,) = result["repeats"]
     assert rep["files_ok"] == 30
-    assert result["floor_fsync"]["agents"] == 30
+    for floor in ("bare_floor_fsync", "bare_floor_nofsync"):
+        assert result[floor]["agents"] == 30
+        assert len(result[floor]["repeats"]) == 1
+        assert result[floor]["files_ok"] == 30
+    assert result["project_floor_fsync"]["agents"] == 30
 
 
 @pytest.mark.timeout(120)
