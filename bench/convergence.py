@@ -116,7 +116,7 @@ async def run_agents(
 ) -> tuple[int, list[dict[str, object]]]:
     lab = BenchLab(workdir / "lab", servers=3, agents=args.agents, namespace="bench", port=0)
     rows: list[dict[str, object]] = []
-    recorder: Recorder | None = None
+    profiles: Profiles | None = None
     try:
         await lab.start(algorithm="roundrobin", ping_interval="60")
         base = lab.addresses
@@ -126,11 +126,12 @@ async def run_agents(
         )
         assert lab.swarm is not None
         if args.profile is not None:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            recorder = Recorder(lab.swarm.pid, args.profile / "convergence-swarm.txt",
-                                args.repeats * 25)  # fmt: skip
+            pids = {"swarm": lab.swarm.pid, **{m.server_id: m.child.pid for m in lab.members}}
+            profiles = Profiles(args.profile, pids)
         for k in range(1, args.repeats + 1):
             host = rotate(base, k)
+            if profiles is not None:
+                profiles.start()
             await asyncio.sleep(1.0)  # quiet before the clock starts
             before = await lab.configure()  # the version now
             started = time.time()
@@ -140,6 +141,8 @@ async def run_agents(
             else:
                 version = await lab.configure(host=",".join(host))
             seen = await wait_persisted(agents_dir, args.agents, started, WAIT)
+            if profiles is not None:
+                profiles.stop()
             reported = None
             if args.wait:
                 reported, returned_s = await waiting
@@ -161,10 +164,42 @@ async def run_agents(
             })  # fmt: skip
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
-        if recorder is not None:
-            recorder.stop()
+        if profiles is not None:
+            profiles.stop()
         await lab.stop()
     return off_at_start, rows
+
+
+class Profiles:
+    """py-spy of the swarm and the servers around each repetition's change (from the quiet
+    second before it until every file is persisted), each process's samples gathered in
+    DIR/convergence-NAME.txt."""
+
+    def __init__(self, directory: Path, pids: dict[str, int]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.pids = pids
+        self.recorders: dict[str, Recorder] = {}
+        for name in pids:
+            self.path(name).write_text("")
+
+    def path(self, name: str, part: str = "") -> Path:
+        return self.directory / f"convergence-{name}{part}.txt"
+
+    def start(self) -> None:
+        self.recorders = {
+            name: Recorder(pid, self.path(name, "-part"), WAIT) for name, pid in self.pids.items()
+        }
+
+    def stop(self) -> None:
+        for name, recorder in self.recorders.items():
+            recorder.stop()
+            part = self.path(name, "-part")
+            if part.exists():
+                with self.path(name).open("a") as gathered:
+                    gathered.write(part.read_text())
+                part.unlink()
+        self.recorders = {}
 
 
 async def config_set_wait(lab: Lab, host: str) -> tuple[float, float]:
@@ -268,7 +303,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the swarm into DIR")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the swarm and servers into DIR"
+    )
     parser.add_argument("--wait", action="store_true", help="change with msctl config set --wait")
     args = parser.parse_args()
     args.load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -276,7 +313,8 @@ def main() -> None:
     with benchlib.leftovers_killed():
         result = asyncio.run(asyncio.wait_for(run(args), DEADLINE))
     if args.profile is not None:
-        print_self_time(args.profile / "convergence-swarm.txt", "the swarm")
+        for name in ("swarm", "ms1", "ms2", "ms3"):
+            print_self_time(args.profile / f"convergence-{name}.txt", name)
     print_result(result)
     print_json(result)
 
