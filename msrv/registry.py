@@ -172,6 +172,32 @@ class HostRegistry:
         fields = {"state": str(HostState.DISCONNECTED), "last_seen": f"{time.time():.3f}"}
         await self.writes.call_many(self._update_command(r, fields) for r in records)
 
+    async def release_earlier_run(self, server_id: str) -> int:
+        """Mark disconnected the hosts recorded as connected to `server_id` by an earlier run
+        of this server that ended without its shutdown (killed, or its machine lost), each
+        only if its session is still the one recorded: a host that has started a session
+        elsewhere since keeps it. Without this a restarted server, alive again, would show
+        them connected to it for ever. Called at start, before this run serves anyone (its
+        writer is not running yet: one pipeline of its own). Returns how many."""
+        ids = sorted({int(v) for v in await self.redis.hvals(self.keys.host_ids_by_guid)})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for host_id in ids:
+                pipe.hmget(self.keys.host(host_id), ["state", "server", "session"])
+            replies = await pipe.execute()
+        left = [
+            HostRecord(host_id, "", session=session)
+            for host_id, (state, server, session) in zip(ids, replies, strict=True)
+            if state == HostState.CONNECTED and server == server_id and session
+        ]
+        if not left:
+            return 0
+        fields = {"state": str(HostState.DISCONNECTED), "last_seen": f"{time.time():.3f}"}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in left:
+                await self._update_command(record, fields)(pipe)
+            written = await pipe.execute()
+        return sum(int(reply) == Write.WRITTEN for reply in written)
+
 
 @dataclass
 class ServerRegistry:

@@ -232,7 +232,8 @@ class Server:
         return 1 if failed else 0
 
     async def _startup(self) -> None:
-        """Wait for Redis (backing off), load the settings, register this server."""
+        """Wait for Redis (backing off), load the settings, register this server, release the
+        hosts an earlier run left recorded on it."""
         async for attempt in retry_policy(f"{self.name} startup", cap=5.0):
             with attempt:
                 await self.ctx.resync.load()
@@ -240,6 +241,14 @@ class Server:
                     self.settings.advertise, self.ctx.validity_days(), self.settings.tls_san
                 )
                 await self.servers.register(self.ctx.balancer.snapshot.version)
+                released = await self.ctx.registry.release_earlier_run(self.name)
+                if released:
+                    logger.warning(
+                        "msrv %s: %d hosts of an earlier run of this server (which ended "
+                        "without its shutdown) marked disconnected",
+                        self.name,
+                        released,
+                    )
 
     def _subscriber(self) -> Subscriber:
         resync = self.ctx.resync
