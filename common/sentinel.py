@@ -12,9 +12,12 @@ The client is redis-py's: `Sentinel.master_for` gives a pool whose every new con
 the sentinels where the master is, so a client finds the new master after a failover by
 itself once its old connections fail. A connection still open to a demoted master turns the
 `READONLY` reply into a ConnectionError and reconnects (redis-py's SentinelManagedConnection).
-Three things are added here: a blocking pool (`max_connections` waits for a free connection,
-as for `redis://`), a one-line reason per sentinel when no master is known, and a client
-whose `aclose` also closes its connections to the sentinels.
+Added here: a blocking pool (`max_connections` waits for a free connection, as for
+`redis://`), a one-line reason per sentinel when no master is known, a client whose `aclose`
+also closes its connections to the sentinels, and `moved_master`, for a long-lived client to
+ask now and then whether the sentinels still name the master its connections are open to: a
+master demoted by a manual failover, or cut off from the sentinels, keeps its connections and
+takes writes until Sentinel reconfigures it (SIGKILL needs none of this: its connections die).
 """
 
 from __future__ import annotations
@@ -192,3 +195,26 @@ def sentinel_client(
             timeout=timeout,
         )
     return cast(SentinelMaster, client)
+
+
+async def moved_master(client: aioredis.Redis) -> str | None:
+    """For a client of a redis+sentinel:// URL whose connections are open to a master the
+    sentinels no longer name: close them all (those in use too: a subscriber's read fails as
+    on any lost connection), so that the next command reaches the new master, and say so.
+    None otherwise: another kind of client, no connection yet, the same master, or sentinels
+    that cannot tell now (their own outage is no reason to leave a master that answers)."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool) or pool.master_address is None:
+        return None
+    known = pool.master_address
+    try:
+        named = await pool.sentinel_manager.discover_master(pool.service_name)
+    except (RedisConnectionError, RedisTimeoutError):
+        return None
+    if tuple(named) == tuple(known):
+        return None
+    await pool.disconnect(inuse_connections=True)
+    return (
+        f"the sentinels name {named[0]}:{named[1]} master of {pool.service_name!r}, "
+        f"not {known[0]}:{known[1]}"
+    )

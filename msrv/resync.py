@@ -14,7 +14,9 @@ States:
   retryable `error` (the agent tries its next server). The subscriber reconnects with backoff;
   once subscribed (nothing published from then on can be missed) it resyncs: settings, every
   served zone, then the hosts this server serves are re-asserted (recreating what an emptied
-  Redis lost), and the server is available again.
+  Redis lost), and the server is available again. Through Sentinel, a failover is such an
+  outage: the resync first moves the server's other client to the master the sentinels name,
+  so that nothing is re-asserted on a demoted one.
 
 Settings: the stored settings carry an epoch (a random id created with the first write) and a
 version. A server applies what it reads when the epoch is the one it applied and the version is
@@ -37,6 +39,7 @@ from redis.exceptions import RedisError
 
 from common.configstore import ConfigSnapshot, ConfigStore
 from common.events import EventType
+from common.sentinel import moved_master
 from msrv.balancer import Balancer
 from msrv.maintenance import ServerMaintenance
 from msrv.registry import HostRegistry, Write
@@ -211,6 +214,9 @@ class Resync:
 
     async def on_connected(self) -> None:
         """After (re)subscribing: settings, lists, then the hosts this server serves."""
+        moved = await moved_master(self.store.redis)
+        if moved is not None:
+            logger.info("%s: %s; writing there from now on", self.name, moved)
         self.balancer.forget_unserved()
         await self.read_maintenance()  # its events may have been missed too
         if not await self.check_settings(after_event=False) and not self.regressed:

@@ -3,11 +3,18 @@
 Pub/sub loses what is published while the subscriber is away, so every (re)connection first
 subscribes and then calls `on_connected`, which re-reads the keys (the truth). A lost
 connection calls `on_lost` and reconnects with capped exponential backoff and jitter.
+
+Through a redis+sentinel:// URL the subscriber also asks the sentinels every MASTER_CHECK
+seconds which master they name: a master demoted while alive (a manual failover, or one cut off
+from the sentinels) keeps its subscribers until Sentinel reconfigures it, about 10 s later,
+and events published on the new master meanwhile would never come. Another master named is
+handled as a lost connection: reconnect (to it), resync.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,8 +31,11 @@ from common.events import EventType, decode_event
 from common.keys import Keys
 from common.retry import Backoff
 from common.retry import retry_policy as build_retry_policy
+from common.sentinel import moved_master
 
 logger = logging.getLogger(__name__)
+
+MASTER_CHECK = 2.0  # seconds between two questions to the sentinels (redis+sentinel:// only)
 
 # Errors that mean "Redis is not there (yet)": retried. Anything else is a bug and crashes.
 # A master failover (DESIGN, Redis high availability) shows as these too: no master known to
@@ -113,11 +123,17 @@ class Subscriber:
             raise
 
     async def _listen(self, pubsub: PubSub) -> None:
+        check_at = time.monotonic() + MASTER_CHECK
         try:
             while True:
-                message = await pubsub.get_message(timeout=None)
+                message = await pubsub.get_message(timeout=MASTER_CHECK)
                 if message is not None and message.get("type") == "message":
                     self._dispatch(message["data"])
+                if time.monotonic() >= check_at:
+                    check_at = time.monotonic() + MASTER_CHECK
+                    moved = await moved_master(self.redis)
+                    if moved is not None:
+                        raise RedisConnectionError(moved)
         except CONNECTION_ERRORS:
             self.on_lost()
             raise

@@ -8,6 +8,8 @@ failover as any Redis outage, finding the new master through the sentinels.
   so), then serves once the master is there.
 - A server killed during the failover: its agents are admitted by the others once the new
   master is up.
+- A manual failover (SENTINEL FAILOVER): the old master lives on, demoted to a replica that
+  refuses writes; every server leaves it for the new master, and no session is lost.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from common.connection import redis_from_url
-from common.protocol import Error, Ready, Startup
+from common.protocol import Error, MsList, Ready, Startup
 from common.records import HostRecord, HostState
 from msctl.children import msrv_ready, swarm_ready
 from tests.support.agents import SwarmProcess, provision_swarm
@@ -226,5 +228,52 @@ def test_a_server_killed_during_the_failover_has_its_agents_admitted_elsewhere(
             lost = " ".join(swarm.matching("lost server"))
             assert f.servers[0].address in lost
             assert not any(a in lost for a in others), lost
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_a_manual_failover_moves_every_server_off_the_demoted_master(
+    cluster: SentinelCluster, namespace: str
+) -> None:
+    """The old master stays up, and a master, until Sentinel reconfigures it (about 10 s
+    later): the servers leave it before, by asking the sentinels (msrv.subscriber)."""
+
+    async def scenario() -> None:
+        async with fleet(cluster.url, namespace, servers=3) as f:
+            await f.set("host", ",".join(f.addresses))
+            clients = []
+            for i in range(12):
+                client = await f.connect(i % 3, f"g{i}")
+                assert (await client.startup(name=f"h{i}")).ms_list is not None
+                client.keepalive(1.0)
+                clients.append(client)
+            before = {h.guid: h for h in await f.hosts()}
+            old = cluster.node_at(await cluster.master_port())
+            assert await cluster.ask_sentinel("SENTINEL", "FAILOVER", cluster.service) == "OK"
+            new = await cluster.wait_new_master(old)
+            moved = rf"lost Redis \(the sentinels name 127\.0\.0\.1:{new.port} master of 'lab'"
+            await asyncio.gather(*(s.wait_for(moved, timeout=10) for s in f.servers))
+            await asyncio.gather(*(s.wait_for("Redis is back", timeout=10) for s in f.servers))
+            direct = redis_from_url(cluster.node_url(new))
+            try:
+                async with asyncio.timeout(10):  # every server subscribed there
+                    while True:
+                        if await direct.pubsub_numsub(f.keys.events) == [(f.keys.events, 3)]:
+                            break
+                        await asyncio.sleep(0.05)
+            finally:
+                await direct.aclose()
+            assert await cluster.role(old) == "master"  # not reconfigured yet: left by us
+            await f.forget_connections()
+            version = await f.set("host", ",".join(reversed(f.addresses)))
+            for client in clients:  # the change reaches each, over its old session
+                pushed = [m for m in await client.sync(timeout=10) if isinstance(m, MsList)]
+                assert pushed and pushed[-1].version == version
+            after = {h.guid: h for h in await f.hosts()}
+            assert _sessions(after) == _sessions(before)
+            # Sentinel demotes the old master at last, closing its clients: none is ours
+            await cluster.wait_role(old, "slave")
+            assert all(s.count("Redis is back") == 1 for s in f.servers)
 
     asyncio.run(scenario())

@@ -236,6 +236,25 @@ class SentinelCluster:
         finally:
             await client.aclose()
 
+    async def ask_sentinel(self, *command: Any) -> Any:
+        """`command`'s reply from the first sentinel that runs."""
+        return await self._ask(next(s for s in self.sentinels if s.running), *command)
+
+    async def role(self, node: Node) -> str:
+        """What `node` says it is (ROLE): master or slave."""
+        return str((await self._ask(node, "ROLE"))[0])
+
+    async def wait_role(self, node: Node, role: str, timeout: float = 20.0) -> None:
+        """Until `node` says (ROLE) it is `role`: master or slave."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if await self.role(node) == role:
+                        return
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"{node.name} never {role}:\n{self.tails()}") from None
+
     async def master_port(self) -> int:
         """The master's port, as every running sentinel names it (they agree, or this fails)."""
         ports = {
@@ -262,7 +281,7 @@ class SentinelCluster:
                         port = await self.master_port()
                         if port != old.port:
                             node = self.node_at(port)
-                            if (await self._ask(node, "ROLE"))[0] == "master":
+                            if await self.role(node) == "master":
                                 return node
                     await asyncio.sleep(0.05)
         except TimeoutError:
