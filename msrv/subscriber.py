@@ -66,8 +66,12 @@ def retry_policy(what: str, *, initial: float = 0.1, cap: float = 2.0) -> AsyncR
         changed = type(error) is not last_kind
         last_kind = type(error)
         log = logger.warning if state.attempt_number in (1, 10) or changed else logger.debug
-        # the sentinels answer, but name no master (yet): says so, and what each one said
-        problem = "%s" if isinstance(error, MasterNotFoundError) else "Redis unreachable (%s)"
+        if isinstance(error, MasterNotFoundError):  # the sentinels answer, but name none
+            problem = "%s"  # says so, and what each sentinel said
+        elif isinstance(error, ReadOnlyError):  # a replica, at a redis:// address
+            problem = "Redis refuses writes (%s)"
+        else:
+            problem = "Redis unreachable (%s)"
         log(
             f"%s: {problem}; attempt %d, retrying in %.2fs",
             what,

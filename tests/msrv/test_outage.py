@@ -1,16 +1,21 @@
 """Redis outages: sessions survive, startups are refused (retryable), the resync pushes what
-changed, and a Redis that comes back empty never wipes agents' lists."""
+changed, a Redis that comes back empty never wipes agents' lists, and a replica's READONLY is
+waited out like an outage."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from common.protocol import ErrorCode, MsList, Startup
 from common.records import HostState
+from msctl.children import msrv_ready
 from tests.support.fleet import Fleet, fleet
+from tests.support.msrv_process import MsrvProcess
 from tests.support.redis_server import RedisServer
 from tests.support.wire_client import WireClient
 
@@ -143,5 +148,30 @@ def test_empty_redis_set_again_to_the_same_version_reaches_every_agent(
                     message = await client.next(timeout=10)
                 assert isinstance(message, MsList) and message.algorithm == "roundrobin"
                 assert sorted(message.ms_list) == ["c", "d", "e"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_a_server_started_on_a_replica_waits_until_it_is_promoted(
+    redis_factory: Callable[..., RedisServer], namespace: str
+) -> None:
+    """A redis:// URL naming a replica (a master demoted, or a failover the URL did not
+    follow): its READONLY replies are an outage to wait out, not a bug that stops the server."""
+    master, replica = redis_factory(), redis_factory()
+    with redis.Redis.from_url(replica.url, decode_responses=True) as client:
+        client.replicaof("127.0.0.1", master.port)
+        assert client.info("replication")["role"] == "slave"
+
+    async def scenario() -> None:
+        server = MsrvProcess("ms1", replica.url, namespace)
+        try:
+            await server.start(ready=r"ms1 startup: Redis refuses writes \(You can't write")
+            assert server.matching("listening on") == []
+            with redis.Redis.from_url(replica.url) as client:
+                client.replicaof("NO", "ONE")
+            await server.wait_for(msrv_ready("ms1"), timeout=20)
+        finally:
+            await server.stop(signal.SIGKILL)
 
     asyncio.run(scenario())
