@@ -4,6 +4,7 @@ the settings, and the children's logs and exit codes."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,13 +42,68 @@ async def fleet_state(lab: Lab) -> FleetState:
     return FleetState(len(hosts), connected, len(state.behind))
 
 
-async def wait_served(lab: Lab, agents: int, limit: float) -> tuple[float | None, FleetState]:
+async def sessions(lab: Lab) -> dict[str, str]:
+    """guid -> session token of every connected host (a token changes only when its agent
+    starts a new session)."""
+    async with lab.connected() as client:
+        hosts = await load_hosts(client, lab.keys)
+    return {h.guid: h.session for h in hosts if h.state == HostState.CONNECTED}
+
+
+async def served_by(lab: Lab, server_id: str) -> int:
+    """How many connected hosts the registry has on `server_id`."""
+    async with lab.connected() as client:
+        hosts = await load_hosts(client, lab.keys)
+    return sum(h.state == HostState.CONNECTED and h.server == server_id for h in hosts)
+
+
+def sessions_changed(before: Mapping[str, str], after: Mapping[str, str]) -> int:
+    """Hosts connected `before` that are not connected on the same session `after`."""
+    return sum(after.get(guid) != token for guid, token in before.items())
+
+
+async def settings_versions(lab: Lab) -> dict[str, int]:
+    """Server id -> the settings version it applies, for every running server."""
+    async with lab.connected() as client:
+        servers = await load_servers(client, lab.keys)
+    return {s.id: s.settings_version for s in servers if s.alive}
+
+
+LOST_SERVER = re.compile(r"lost server .*?(?:\((\d+) agents\))?$")
+
+
+def swarm_lost(swarm: LoggedProcess | None) -> int:
+    """Agents the swarm reported losing their server (a large swarm's summary lines say how
+    many: "(N agents)"; a small one's lines are one agent each)."""
+    if swarm is None:
+        return 0
+    found = (LOST_SERVER.search(line) for line in list(swarm.lines))
+    return sum(int(m.group(1) or 1) for m in found if m is not None)
+
+
+SWARM_SUMMARY = re.compile(r"swarm: (\d+)/(\d+) agents connected")
+
+
+def swarm_connected(swarm: LoggedProcess | None) -> int | None:
+    """How many agents the swarm's last summary line says are connected (the agents' own
+    view, beside the registry's): None before its first summary."""
+    for line in reversed(list(swarm.lines) if swarm is not None else []):
+        found = SWARM_SUMMARY.search(line)
+        if found is not None:
+            return int(found.group(1))
+    return None
+
+
+async def wait_served(
+    lab: Lab, agents: int, limit: float, *, swarm_too: bool = False
+) -> tuple[float | None, FleetState]:
     """Poll until every agent is connected and current: (seconds it took, or None when `limit`
-    passed first; the last state seen)."""
+    passed first; the last state seen). With `swarm_too`, the lab swarm's own last summary
+    must also say every agent is connected (the registry can lag a server's death)."""
     started = time.monotonic()
     while True:
         state = await fleet_state(lab)
-        if state.served(agents):
+        if state.served(agents) and (not swarm_too or swarm_connected(lab.swarm) == agents):
             return time.monotonic() - started, state
         if time.monotonic() - started > limit:
             return None, state
@@ -85,6 +141,13 @@ def crashed(children: Iterable[LoggedProcess | None], killed: set[str]) -> int:
         and child.process.returncode is not None
         and child.name not in killed
     )
+
+
+async def held_lists(lab: Lab) -> dict[str, str]:
+    """guid -> the list (CSV) the registry says each host holds (for files_disagreeing)."""
+    async with lab.connected() as client:
+        hosts = await load_hosts(client, lab.keys)
+    return {h.guid: ",".join(h.ms_list) for h in hosts}
 
 
 def files_disagreeing(agents_dir: Path, lists_by_guid: Mapping[str, str]) -> int:
