@@ -155,15 +155,14 @@ class SentinelCluster:
         for sentinel in self.sentinels:
             sentinel.start(self.sentinel_password)
         if data:
-            self._wait(self._whole, "the sentinels never saw the whole deployment")
+            self.wait_until(self._whole, "the sentinels never saw the whole deployment")
         return self
 
     def start_data(self) -> None:
-        """The master and its replicas (a master only when the sentinels run already: they
-        find its replicas themselves)."""
+        """The master and its replicas, until each replica is online at the master."""
         for node in self.data_nodes:
             node.start(self.password)
-        self._wait(self._replicas_online, "the replicas never came online")
+        self.wait_until(self._replicas_online, "the replicas never came online")
 
     def stop(self) -> None:
         for node in [*self.sentinels, *self.data_nodes]:
@@ -213,7 +212,9 @@ class SentinelCluster:
                     return False
         return True
 
-    def _wait(self, condition: Callable[[], bool], what: str) -> None:
+    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
+        """Poll `condition` (a node not answering yet counts as False) until it holds; fail
+        with `what` and the nodes' logs after READY_TIMEOUT."""
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
@@ -222,9 +223,6 @@ class SentinelCluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}:\n{self.tails()}")
             time.sleep(0.05)
-
-    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
-        self._wait(condition, what)
 
     # -- failover ---------------------------------------------------------------------------------
 
