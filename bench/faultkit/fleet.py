@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import benchlib
+
 from common.configstore import ConfigStore
 from common.errors import PropertiesError
 from common.properties import AgentProperties
@@ -108,6 +110,33 @@ async def wait_served(
         if time.monotonic() - started > limit:
             return None, state
         await asyncio.sleep(POLL)
+
+
+async def wait_settled(lab: Lab, agents: int, limit: float) -> float | None:
+    """Until every agent is served and on its list's first entry (a lab's start moves agents
+    to it, paced): the seconds it took, None when `limit` passed first."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if (await fleet_state(lab)).served(agents):
+            views = await benchlib.lab_views(lab)
+            if benchlib.on_first_entry(lab, views) == agents:
+                return round(time.monotonic() - started, 2)
+        await asyncio.sleep(POLL)
+    return None
+
+
+async def wait_acked(lab: Lab, agents: int, version: int, limit: float) -> float | None:
+    """Until every agent is connected and has acknowledged a list of settings `version` or
+    later: the seconds it took, None when `limit` passed first."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        async with lab.connected() as client:
+            hosts = await load_hosts(client, lab.keys)
+        there = [h for h in hosts if h.state == HostState.CONNECTED and h.acked_version >= version]
+        if len(there) == agents:
+            return round(time.monotonic() - started, 2)
+        await asyncio.sleep(POLL)
+    return None
 
 
 async def settings_lost(lab: Lab, expected: Mapping[str, str]) -> int:

@@ -41,7 +41,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
     lab = BenchLab(workdir / "lab", servers=3, agents=agents, namespace="faults", port=0)
     try:
         await lab.start(algorithm="roundrobin", check_interval=CHECK_INTERVAL)
-        report.extra["settled_before_s"] = await _settled(lab, agents)
+        report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, RECOVER_LIMIT)
         expected = {
             "host": ",".join(lab.addresses),
             "indirect.agent.lb.algorithm": "roundrobin",
@@ -74,20 +74,6 @@ async def run(agents: int, workdir: Path) -> FaultReport:
     finally:
         await lab.stop()
     return report
-
-
-async def _settled(lab: BenchLab, agents: int) -> float | None:
-    """Until every agent is served and on its first entry (the start's moves done), so that
-    each round's victim holds its third; the seconds it took (None: not within the limit)."""
-    started = time.monotonic()
-    while time.monotonic() - started < RECOVER_LIMIT:
-        state = await fleet.fleet_state(lab)
-        if state.served(agents):
-            views = await benchlib.lab_views(lab)
-            if benchlib.on_first_entry(lab, views) == agents:
-                return round(time.monotonic() - started, 2)
-        await asyncio.sleep(fleet.POLL)
-    return None
 
 
 async def _rounds(lab: BenchLab, report: FaultReport) -> tuple[int, list[dict[str, object]], float]:

@@ -1,0 +1,130 @@
+"""What redis-restart and redis-empty share: a lab whose Redis is a redis-server child with an
+AOF fsync'd at every write (`appendonly yes`, `appendfsync always`: msctl.embedded_redis's
+`persist`), SIGKILLed under the fleet and started again (with its data, or without), and the
+figures of such an outage.
+
+Sessions lost are read two ways: the agents' own word (the swarm's "lost server" lines) and the
+registry's session tokens, before the kill and at the end (a token changes only when its agent
+starts a new session: a reconnection, or a move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchtls import BenchLab
+
+from common.configstore import ConfigStore
+from faultkit import fleet
+from msctl.children import REDIS_URL_ENV
+from msctl.embedded_redis import RedisServer, new_password
+
+DOWN_S = 20.0  # Redis stays down longer than the agents' silence limit (ping 5 s x 3)
+RESYNC_LIMIT = 60.0  # seconds for every server to say Redis is back
+SERVED_LIMIT = 120.0  # seconds for the fleet to be whole again
+UNREACHABLE = "Redis unreachable"
+BACK = "Redis is back"
+NAMESPACE = "faults"
+
+
+@dataclass
+class PersistentLab(BenchLab):
+    """A BenchLab whose Redis keeps an AOF fsync'd at every write, killed and started by the
+    scenario (RedisServer keeps its port, password and folder across starts)."""
+
+    def __post_init__(self) -> None:
+        self.store = RedisServer(self.directory / "redis", persist=True, password=new_password())
+
+    async def start(self, **settings: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.embedded = self.store.start()  # stopped by Lab.stop
+        self.redis_url = self.store.url
+        await super().start(**settings)
+
+    def wipe(self) -> None:
+        """Remove Redis's data (it is stopped): it comes back empty."""
+        for path in self.store.workdir.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.suffix in (".rdb", ".aof"):
+                path.unlink()
+
+
+async def stored(lab: BenchLab) -> dict[str, str]:
+    """Every global setting stored (name -> value as set)."""
+    async with lab.connected() as client:
+        snapshot = await ConfigStore(client, lab.keys).snapshot()
+    return dict(snapshot.global_values)
+
+
+async def outage(lab: PersistentLab, *, empty: bool) -> dict[str, Any]:
+    """Kill Redis, keep it down DOWN_S, start it again (empty: without its data), until every
+    server resynchronised. Figures from the kill."""
+    killed = time.monotonic()
+    lab.store.kill()
+    servers = [m.child for m in lab.members]
+    await asyncio.gather(*(s.wait_for(UNREACHABLE, RESYNC_LIMIT) for s in servers))
+    seen_down = time.monotonic() - killed
+    await asyncio.sleep(max(0.0, DOWN_S - seen_down))
+    if empty:
+        lab.wipe()
+    lab.store.start()
+    restarted = time.monotonic()
+    await asyncio.gather(*(s.wait_for(BACK, RESYNC_LIMIT) for s in servers))
+    return {
+        "down_s": round(restarted - killed, 2),
+        "every_server_saw_it_down_s": round(seen_down, 2),
+        "every_server_resynced_s": round(time.monotonic() - restarted, 2),
+        "restarted_at": restarted,
+    }
+
+
+def server_lines(lab: BenchLab, pattern: str) -> list[str]:
+    """Each server's log lines matching `pattern` from its first "Redis unreachable" on,
+    without the time stamp."""
+    regex = re.compile(pattern)
+    found = []
+    for member in lab.members:
+        lines = list(member.child.lines)
+        start = next((i for i, line in enumerate(lines) if UNREACHABLE in line), len(lines))
+        found += [line.split(" ", 2)[-1] for line in lines[start:] if regex.search(line)]
+    return found
+
+
+async def agreement(lab: BenchLab) -> tuple[int, dict[str, int]]:
+    """Redis's settings version and the one each running server applies."""
+    async with lab.connected() as client:
+        version = await ConfigStore(client, lab.keys).version()
+    return version, await fleet.settings_versions(lab)
+
+
+async def msctl(lab: BenchLab, *args: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Run `msctl ARGS` as an operator would (the lab's Redis URL in its environment): its
+    exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "msctl",
+        *args,
+        "--namespace",
+        lab.namespace,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, REDIS_URL_ENV: lab.url},
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return process.returncode or 0, output.decode(errors="replace")
