@@ -40,7 +40,7 @@ def scenarios() -> dict[str, ModuleType]:
         if info.name in NOT_SCENARIOS or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"faultkit.{info.name}")
-        if hasattr(module, "run"):
+        if hasattr(module, "run") and hasattr(module, "TARGET"):  # else a helper module
             found[info.name.replace("_", "-")] = module
     return found
 
