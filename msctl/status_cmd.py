@@ -63,7 +63,9 @@ def _lost_settings(fleet: Fleet) -> str | None:
         f"Redis lost its settings: Redis is at config version {fleet.snapshot.version}, "
         f"running servers apply {_by_version(ahead)}. They keep pushing their last-known lists "
         "(agents keep theirs). Set the settings again with `msctl config set`: the servers "
-        "apply the next change, so set every one that is not the default"
+        "apply the next change, so set every one that is not the default, `host` last (until "
+        "it is set they send no list; set first, it has agents move to lists made with the "
+        "defaults of the others, then back)"
     )
 
 

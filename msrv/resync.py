@@ -192,8 +192,8 @@ class Resync:
             logger.error(
                 "%s: Redis holds settings version %d, not the version %d this server applied: "
                 "Redis lost its data. Keeping the last-known settings (agents keep their lists). "
-                "Restore Redis's data, or set the settings again with `msctl config set` "
-                "(the next change is applied).",
+                "Restore Redis's data, or set the settings again with `msctl config set`, "
+                "`host` last (the next change is applied).",
                 self.name,
                 found.version,
                 applied.version,

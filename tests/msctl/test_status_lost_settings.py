@@ -44,7 +44,8 @@ def test_servers_ahead_of_an_emptied_redis(redis_url: str, namespace: str) -> No
     warning = (
         "warning: Redis lost its settings: Redis is at config version 0, running servers apply "
         "version 5: ms1, ms2; version 4: ms3. They keep pushing their last-known lists "
-        "(agents keep theirs). Set the settings again with `msctl config set`"
+        "(agents keep theirs). Set the settings again with `msctl config set`: the servers "
+        "apply the next change, so set every one that is not the default, `host` last"
     )
     assert warning in result.output
     assert "push no list" not in result.output
