@@ -2,22 +2,25 @@
 kept down 20 s, its data deleted, and started again empty. The servers keep the settings they
 applied (msrv.resync: an emptied Redis never wipes agents' lists) and say so; `msctl status`
 tells the operator to set the settings again, which the operator does with `msctl config set`,
-in the order they were first set.
+one command every 5 s (a person typing). Twice, in one lab: first in the order they were first
+set (`host` first), then as `msctl status` says (`host` last).
 
-Figures: what the servers logged about it (msrv.resync's lines) and what `msctl status` said;
-whether every agent stayed connected and kept its list while Redis was empty; from the first
-`config set` until the fleet is whole again (every server applies Redis's new settings version,
-every agent connected and current, by the registry and by the swarm's own count); sessions lost
-(the swarm's "lost server" lines; the registry's session tokens before and after, which also
-change when an agent moves, make-before-break, to another server); settings lost (as set
-again). Target: 0 sessions lost, every server agrees, every agent current.
+Figures, for each: what `msctl status` said; whether every agent stayed connected and kept its
+list while Redis was empty; from the first `config set` until the fleet is whole again (every
+server applies Redis's new settings version, every agent connected and current, by the registry
+and by the swarm's own count); sessions lost (the swarm's "lost server" lines) and sessions
+changed (the registry's session tokens before and after: an agent moved, make-before-break, to
+another server); settings lost (as set again). What the servers logged. Target (`met`): 0
+sessions lost, every server agrees, every agent current, and, as status says, no agent moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 from faultkit import fleet
 from faultkit.redis_outage import (
@@ -34,9 +37,11 @@ from faultkit.redis_outage import (
 from faultkit.report import FaultReport
 
 DEFAULT_AGENTS = 1000
+OPERATOR_PAUSE = 5.0  # seconds between two `msctl config set`
 TARGET = (
-    f"Redis SIGKILLed, down {DOWN_S:g} s, back empty, the operator sets the settings again: "
-    "0 sessions lost, every server on Redis's new settings version, every agent current"
+    f"Redis SIGKILLed, down {DOWN_S:g} s, back empty, the operator sets the settings again "
+    "(host last, as msctl status says): 0 sessions lost, every server on Redis's new settings "
+    "version, every agent current, no agent moved"
 )
 
 
@@ -47,37 +52,18 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         await lab.start(algorithm="roundrobin")
         report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
         expected = await stored(lab)  # host, then algorithm: the order the lab set them
-        before = await fleet.sessions(lab)
-        lost_before = fleet.swarm_lost(lab.swarm)
-
-        figures = await outage(lab, empty=True)
-        report.extra.update((k, v) for k, v in figures.items() if k != "restarted_at")
-        report.extra["servers_logged"] = server_lines(lab, r"msrv\.resync: .*(?:version|back)")
-        while_empty = await fleet.fleet_state(lab)
-        report.extra["while_empty"] = {
-            "connected": while_empty.connected,
-            "behind": while_empty.behind,
-            "sessions_changed": fleet.sessions_changed(before, await fleet.sessions(lab)),
-        }
-        _, status = await msctl(lab, "status")
-        report.extra["status_says"] = [line for line in status.splitlines() if "Redis" in line]
-
-        set_at = time.monotonic()
-        for name, value in expected.items():
-            code, output = await msctl(lab, "config", "set", name, value)
-            if code != 0:
-                report.extra.setdefault("config_set_failed", []).append(output.strip())
-        report.recover_s = await _whole(lab, agents, set_at)
-        version, versions = await agreement(lab)
-        report.extra["redis_settings_version"] = version
-        report.extra["servers_settings_version"] = versions
-        report.extra["sessions_changed"] = fleet.sessions_changed(before, await fleet.sessions(lab))
-        report.extra["swarm_lost_server"] = fleet.swarm_lost(lab.swarm) - lost_before
+        host_last = {k: v for k, v in expected.items() if k != "host"} | {"host": expected["host"]}
+        first = await _phase(lab, agents, expected)
+        report.extra["host_first"] = first
+        report.extra["resettled_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
+        last = await _phase(lab, agents, host_last)
+        report.extra["host_last"] = last
+        report.recover_s = last["whole_s"]
+        logged = server_lines(lab, r"msrv\.resync: .*(?:version|back)")
+        report.extra["servers_logged"] = list(
+            dict.fromkeys(re.sub(r"ms\d+", "msN", x) for x in logged)
+        )
         report.settings_lost = await fleet.settings_lost(lab, expected)
-        _, status = await msctl(lab, "status")
-        report.extra["status_after"] = [
-            line for line in status.splitlines() if "Redis" in line or "converged" in line
-        ]
 
         state = await fleet.fleet_state(lab)
         report.disconnected = agents - state.connected
@@ -87,10 +73,9 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         report.crashes = fleet.crashed(children, killed=set())
         report.tracebacks = fleet.tracebacks(children)
         report.met = (
-            report.recover_s is not None
-            and report.extra["swarm_lost_server"] == 0
-            and set(versions.values()) == {version}
-            and len(versions) == len(lab.members)
+            all(p["whole_s"] is not None and p["agreed"] for p in (first, last))
+            and first["swarm_lost_server"] == last["swarm_lost_server"] == 0
+            and last["sessions_changed"] == 0
             and report.disconnected == report.wrong_list == report.settings_lost == 0
             and report.crashes == report.tracebacks == 0
         )
@@ -99,13 +84,54 @@ async def run(agents: int, workdir: Path) -> FaultReport:
     return report
 
 
+async def _phase(lab: PersistentLab, agents: int, settings: dict[str, str]) -> dict[str, Any]:
+    """One outage that empties Redis, then the operator sets `settings` in their order."""
+    before = await fleet.sessions(lab)
+    lost_before = fleet.swarm_lost(lab.swarm)
+    figures = await outage(lab, empty=True)
+    figures.pop("restarted_at")
+    while_empty = await fleet.fleet_state(lab)
+    figures["while_empty"] = {
+        "connected": while_empty.connected,
+        "behind": while_empty.behind,
+        "sessions_changed": fleet.sessions_changed(before, await fleet.sessions(lab)),
+    }
+    _, status = await msctl(lab, "status")
+    figures["status_says"] = [line for line in status.splitlines() if "Redis" in line]
+
+    figures["order"] = list(settings)
+    set_at = time.monotonic()
+    for number, (name, value) in enumerate(settings.items()):
+        if number:
+            await asyncio.sleep(OPERATOR_PAUSE)
+        code, output = await msctl(lab, "config", "set", name, value)
+        if code != 0:
+            figures.setdefault("config_set_failed", []).append(output.strip())
+    last_set = time.monotonic()
+    whole = await _whole(lab, agents, set_at)
+    figures["whole_s"] = whole
+    figures["whole_after_last_set_s"] = (
+        None if whole is None else round(whole - (last_set - set_at), 2)
+    )
+    version, versions = await agreement(lab)
+    figures["redis_settings_version"] = version
+    figures["servers_settings_version"] = versions
+    figures["agreed"] = len(versions) == len(lab.members) and set(versions.values()) == {version}
+    figures["sessions_changed"] = fleet.sessions_changed(before, await fleet.sessions(lab))
+    figures["swarm_lost_server"] = fleet.swarm_lost(lab.swarm) - lost_before
+    _, status = await msctl(lab, "status")
+    figures["status_after"] = [
+        line.strip() for line in status.splitlines() if "Redis" in line or "converged" in line
+    ]
+    return figures
+
+
 async def _whole(lab: PersistentLab, agents: int, since: float) -> float | None:
     """Seconds from `since` until every server applies Redis's settings version and every
     agent is connected and current (registry and swarm); None past the limit."""
     while time.monotonic() - since < SERVED_LIMIT:
         version, versions = await agreement(lab)
-        agreed = len(versions) == len(lab.members) and set(versions.values()) == {version}
-        if agreed:
+        if len(versions) == len(lab.members) and set(versions.values()) == {version}:
             left = SERVED_LIMIT - (time.monotonic() - since)
             served, _ = await fleet.wait_served(lab, agents, left, swarm_too=True)
             if served is not None and (await agreement(lab))[1] == versions:

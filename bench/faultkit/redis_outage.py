@@ -23,7 +23,7 @@ from benchtls import BenchLab
 
 from common.configstore import ConfigStore
 from faultkit import fleet
-from msctl.children import REDIS_URL_ENV
+from msctl.children import REDIS_URL_ENV, LoggedProcess
 from msctl.embedded_redis import RedisServer, new_password
 
 DOWN_S = 20.0  # Redis stays down longer than the agents' silence limit (ping 5 s x 3)
@@ -67,23 +67,31 @@ async def stored(lab: BenchLab) -> dict[str, str]:
 async def outage(lab: PersistentLab, *, empty: bool) -> dict[str, Any]:
     """Kill Redis, keep it down DOWN_S, start it again (empty: without its data), until every
     server resynchronised. Figures from the kill."""
+    servers = [m.child for m in lab.members]
+    down = [s.count(UNREACHABLE) + 1 for s in servers]  # a lab may see several outages
+    back = [s.count(BACK) + 1 for s in servers]
     killed = time.monotonic()
     lab.store.kill()
-    servers = [m.child for m in lab.members]
-    await asyncio.gather(*(s.wait_for(UNREACHABLE, RESYNC_LIMIT) for s in servers))
+    await _each_logged(servers, UNREACHABLE, down)
     seen_down = time.monotonic() - killed
     await asyncio.sleep(max(0.0, DOWN_S - seen_down))
     if empty:
         lab.wipe()
     lab.store.start()
     restarted = time.monotonic()
-    await asyncio.gather(*(s.wait_for(BACK, RESYNC_LIMIT) for s in servers))
+    await _each_logged(servers, BACK, back)
     return {
         "down_s": round(restarted - killed, 2),
         "every_server_saw_it_down_s": round(seen_down, 2),
         "every_server_resynced_s": round(time.monotonic() - restarted, 2),
         "restarted_at": restarted,
     }
+
+
+async def _each_logged(servers: list[LoggedProcess], pattern: str, counts: list[int]) -> None:
+    """Until each server logged `pattern` its count of times."""
+    pairs = zip(servers, counts, strict=True)
+    await asyncio.gather(*(s.wait_for(pattern, RESYNC_LIMIT, count=n) for s, n in pairs))
 
 
 def server_lines(lab: BenchLab, pattern: str) -> list[str]:
