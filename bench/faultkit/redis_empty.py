@@ -28,6 +28,7 @@ from faultkit.redis_outage import (
     NAMESPACE,
     SERVED_LIMIT,
     PersistentLab,
+    agreed,
     agreement,
     msctl,
     outage,
@@ -116,7 +117,7 @@ async def _phase(lab: PersistentLab, agents: int, settings: dict[str, str]) -> d
     version, versions = await agreement(lab)
     figures["redis_settings_version"] = version
     figures["servers_settings_version"] = versions
-    figures["agreed"] = len(versions) == len(lab.members) and set(versions.values()) == {version}
+    figures["agreed"] = agreed(lab, version, versions)
     figures["sessions_changed"] = fleet.sessions_changed(before, await fleet.sessions(lab))
     figures["swarm_lost_server"] = fleet.swarm_lost(lab.swarm) - lost_before
     _, status = await msctl(lab, "status")
@@ -131,7 +132,7 @@ async def _whole(lab: PersistentLab, agents: int, since: float) -> float | None:
     agent is connected and current (registry and swarm); None past the limit."""
     while time.monotonic() - since < SERVED_LIMIT:
         version, versions = await agreement(lab)
-        if len(versions) == len(lab.members) and set(versions.values()) == {version}:
+        if agreed(lab, version, versions):
             left = SERVED_LIMIT - (time.monotonic() - since)
             served, _ = await fleet.wait_served(lab, agents, left, swarm_too=True)
             if served is not None and (await agreement(lab))[1] == versions:

@@ -113,6 +113,22 @@ async def agreement(lab: BenchLab) -> tuple[int, dict[str, int]]:
     return version, await fleet.settings_versions(lab)
 
 
+def agreed(lab: BenchLab, version: int, versions: dict[str, int]) -> bool:
+    """Every server of the lab runs and applies Redis's settings `version`."""
+    return len(versions) == len(lab.members) and set(versions.values()) == {version}
+
+
+async def wait_agreed(lab: BenchLab, limit: float) -> tuple[int, dict[str, int]]:
+    """Until every server applies Redis's settings version (a server writes the version it
+    applies with its liveness, every 2 s), or `limit` seconds: the last agreement read."""
+    deadline = time.monotonic() + limit
+    while True:
+        version, versions = await agreement(lab)
+        if agreed(lab, version, versions) or time.monotonic() > deadline:
+            return version, versions
+        await asyncio.sleep(fleet.POLL)
+
+
 async def msctl(lab: BenchLab, *args: str, timeout: float = 60.0) -> tuple[int, str]:
     """Run `msctl ARGS` as an operator would (the lab's Redis URL in its environment): its
     exit code and output."""

@@ -19,12 +19,14 @@ from faultkit import fleet
 from faultkit.redis_outage import (
     DOWN_S,
     NAMESPACE,
+    RESYNC_LIMIT,
     SERVED_LIMIT,
     PersistentLab,
-    agreement,
+    agreed,
     outage,
     server_lines,
     stored,
+    wait_agreed,
 )
 from faultkit.report import FaultReport
 
@@ -51,7 +53,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         recover, _ = await fleet.wait_served(lab, agents, SERVED_LIMIT, swarm_too=True)
         if recover is not None:
             report.recover_s = round(time.monotonic() - restarted, 2)
-        version, versions = await agreement(lab)
+        version, versions = await wait_agreed(lab, RESYNC_LIMIT)
         report.extra["redis_settings_version"] = version
         report.extra["servers_settings_version"] = versions
         report.extra["sessions_changed"] = fleet.sessions_changed(before, await fleet.sessions(lab))
@@ -75,8 +77,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
             report.recover_s is not None
             and report.extra["sessions_changed"] == 0
             and report.extra["swarm_lost_server"] == 0
-            and set(versions.values()) == {version}
-            and len(versions) == len(lab.members)
+            and agreed(lab, version, versions)
             and report.extra["change_after_acked_s"] is not None
             and report.disconnected == report.wrong_list == report.settings_lost == 0
             and report.crashes == report.tracebacks == 0

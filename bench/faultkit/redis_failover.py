@@ -1,0 +1,143 @@
+"""redis-failover: under N agents (3 servers, roundrobin), the lab's Redis is highly available
+(msctl.redis_ha, `msctl lab up --redis-ha`: a master, 2 replicas, 3 sentinels, quorum 2) and
+every process reaches it through its `redis+sentinel://` URL. A setting is changed with `msctl
+config set` (which returns 0 only once a replica has it), then the master is SIGKILLed.
+
+Figures, from the kill: the first startup a server accepted (a probe offers one to the servers
+in turn, every 50 ms, each refused as retryable while Redis is away); every server resubscribed
+(its "Redis is back" line); a change made with `msctl config set` once the probe got in,
+acknowledged by every agent (from the kill and from the set); sessions lost (the swarm's "lost
+server" lines; the registry's session tokens before and after); settings lost (the one changed
+just before the kill among them); the sentinels' down-after-milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from pathlib import Path
+
+from benchtls import BenchLab
+
+from common import protocol
+from common.protocol import Ready, Startup
+from common.tls import server_hostname
+from faultkit import fleet
+from faultkit.redis_outage import (
+    RESYNC_LIMIT,
+    SERVED_LIMIT,
+    agreed,
+    agreement,
+    msctl,
+    stored,
+    wait_agreed,
+)
+from faultkit.report import FaultReport
+from msctl.redis_ha import DOWN_AFTER_MS
+
+DEFAULT_AGENTS = 3000
+NAMESPACE = "faults"
+BACK = "Redis is back"
+PROBE_EVERY = 0.05
+ACKED_BEFORE = ("ca.framework.cert.validity.period", "200")  # set just before the kill
+CHANGE_AFTER = ("indirect.agent.lb.check.interval", "30")
+TARGET = (
+    f"master SIGKILLed (sentinels: down-after {DOWN_AFTER_MS} ms, quorum 2): 0 sessions lost, "
+    "0 settings lost, a change after it acknowledged by every agent"
+)
+
+
+async def run(agents: int, workdir: Path) -> FaultReport:
+    report = FaultReport("redis-failover", agents, TARGET)
+    lab = BenchLab(
+        workdir / "lab", servers=3, agents=agents, namespace=NAMESPACE, port=0, redis_ha=True
+    )
+    try:
+        await lab.start(algorithm="roundrobin")
+        report.extra["down_after_ms"] = DOWN_AFTER_MS
+        report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
+        code, output = await msctl(lab, "config", "set", *ACKED_BEFORE)
+        report.extra["acknowledged_before"] = output.strip() if code == 0 else f"FAILED: {output}"
+        expected = await stored(lab)
+        tls = (await lab.identities()).client(guid := f"probe-{uuid.uuid4().hex[:8]}")
+        before = await fleet.sessions(lab)
+        lost_before = fleet.swarm_lost(lab.swarm)
+        back = [m.child.count(BACK) + 1 for m in lab.members]
+
+        report.extra["killed"] = await lab.kill_redis()
+        killed = time.monotonic()
+        accepted = await _first_accepted_startup(lab, tls, guid)
+        report.extra["first_startup_accepted_s"] = round(accepted - killed, 2)
+        await asyncio.gather(
+            *(
+                m.child.wait_for(BACK, RESYNC_LIMIT, count=n)
+                for m, n in zip(lab.members, back, strict=True)
+            )
+        )
+        report.extra["every_server_resynced_s"] = round(time.monotonic() - killed, 2)
+
+        set_at = time.monotonic()
+        code, output = await msctl(lab, "config", "set", *CHANGE_AFTER)
+        report.extra["change_after"] = output.strip() if code == 0 else f"FAILED: {output}"
+        version, _ = await agreement(lab)
+        acked = await fleet.wait_acked(lab, agents, version, SERVED_LIMIT)
+        if acked is not None:
+            report.extra["change_acked_by_all_s"] = round(time.monotonic() - killed, 2)
+            report.extra["change_acked_after_set_s"] = round(time.monotonic() - set_at, 2)
+        recover, state = await fleet.wait_served(lab, agents, SERVED_LIMIT, swarm_too=True)
+        if recover is not None:
+            report.recover_s = round(time.monotonic() - killed, 2)
+
+        version, versions = await wait_agreed(lab, RESYNC_LIMIT)
+        report.extra["redis_settings_version"] = version
+        report.extra["servers_settings_version"] = versions
+        report.extra["sessions_changed"] = fleet.sessions_changed(before, await fleet.sessions(lab))
+        report.extra["swarm_lost_server"] = fleet.swarm_lost(lab.swarm) - lost_before
+        report.settings_lost = await fleet.settings_lost(lab, expected)
+        report.disconnected = agents - state.connected
+        held = await fleet.held_lists(lab)
+        report.wrong_list = state.behind + fleet.files_disagreeing(lab.directory / "agents", held)
+        children = [*(m.child for m in lab.members), lab.swarm]
+        report.crashes = fleet.crashed(children, killed=set())
+        report.tracebacks = fleet.tracebacks(children)
+        report.met = (
+            acked is not None
+            and report.recover_s is not None
+            and report.extra["sessions_changed"] == report.extra["swarm_lost_server"] == 0
+            and agreed(lab, version, versions)
+            and report.disconnected == report.wrong_list == report.settings_lost == 0
+            and report.crashes == report.tracebacks == 0
+        )
+    finally:
+        await lab.stop()
+    return report
+
+
+async def _first_accepted_startup(lab: BenchLab, tls: ssl.SSLContext, guid: str) -> float:
+    """Offer a startup (a probe host of a zone of its own, so no agent's rank moves) to the
+    servers in turn until one is accepted; when it was."""
+    deadline = time.monotonic() + RESYNC_LIMIT
+    attempt = 0
+    while time.monotonic() < deadline:
+        address = lab.addresses[attempt % len(lab.addresses)]
+        attempt += 1
+        host, port = address.rsplit(":", 1)
+        try:
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), ssl=tls, server_hostname=server_hostname(host)
+                )
+                try:
+                    startup = Startup(guid, guid, "routing", "probe", "probe", [], None, address)
+                    writer.write(protocol.encode(startup))
+                    await writer.drain()
+                    if isinstance(await protocol.read_message(reader), Ready):
+                        return time.monotonic()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(PROBE_EVERY)
+    raise TimeoutError(f"no server accepted a startup within {RESYNC_LIMIT:g}s of the kill")
