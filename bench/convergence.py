@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 from benchlib import HostView, lab_views, on_first_entry, print_json, print_table, summary
 from benchtls import BenchLab
-from convergence_floor import folder_times, rotate, run_bare, run_project
+from convergence_floor import CpuWatch, folder_times, rotate, run_bare, run_project
 from profiling import Recorder, print_self_time
 
 from agentd import config
@@ -125,8 +125,10 @@ async def run_agents(
             lab, args.agents, SETTLE + args.agents / 100, strict=False
         )
         assert lab.swarm is not None
+        pids = {"swarm": lab.swarm.pid, **{m.server_id: m.child.pid for m in lab.members}}
+        redis_pid = getattr(lab.embedded, "pid", None)  # none for fakeredis
+        cpu = CpuWatch({**pids, **({"redis": redis_pid} if isinstance(redis_pid, int) else {})})
         if args.profile is not None:
-            pids = {"swarm": lab.swarm.pid, **{m.server_id: m.child.pid for m in lab.members}}
             profiles = Profiles(args.profile, pids)
         for k in range(1, args.repeats + 1):
             host = rotate(base, k)
@@ -134,6 +136,7 @@ async def run_agents(
                 profiles.start()
             await asyncio.sleep(1.0)  # quiet before the clock starts
             before = await lab.configure()  # the version now
+            cpu.start()
             started = time.time()
             if args.wait:
                 waiting = asyncio.create_task(config_set_wait(lab, ",".join(host)))
@@ -141,6 +144,7 @@ async def run_agents(
             else:
                 version = await lab.configure(host=",".join(host))
             seen = await wait_persisted(agents_dir, args.agents, started, WAIT)
+            used = cpu.read()
             if profiles is not None:
                 profiles.stop()
             reported = None
@@ -157,6 +161,7 @@ async def run_agents(
                 "version": version,
                 "persisted": summary(persisted),
                 "seen_by_poll_s": round(seen - started, 3),
+                "cpu_s": used,  # each process's CPU from the clock's start to the poll seeing all
                 "wait_reported_s": reported,
                 "wait_returned_s": round(returned_s, 3) if reported is not None else None,
                 "files_ok": good,
@@ -273,6 +278,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
+def cpu_cell(used: dict[str, float], main: str) -> str:
+    """`swarm 1.2, servers 0.6`: the agents' (or the floor client's) process, then the servers'."""
+    servers = sum(v for name, v in used.items() if name.startswith(("ms", "floor")))
+    return f"{main} {used[main]}, servers {round(servers, 2)}"
+
+
 def print_result(result: dict[str, object]) -> None:
     rows: list[list[object]] = []
     for rep in result["repeats"]:  # type: ignore[attr-defined]
@@ -280,17 +291,26 @@ def print_result(result: dict[str, object]) -> None:
         name = f"agents rep {rep['repeat']} ({rep['host']})"
         ok = f"{rep['files_ok']}/{result['agents']}"
         waited = rep.get("wait_reported_s") or "-"
-        rows.append([name, p["p50_s"], p["p99_s"], p["max_s"], rep["seen_by_poll_s"], waited, ok])
+        used = rep["cpu_s"]
+        cpu = cpu_cell(used, "swarm")
+        rows.append(
+            [name, p["p50_s"], p["p99_s"], p["max_s"], rep["seen_by_poll_s"], waited, ok, cpu]
+        )
     for key, label in (("bare_floor_fsync", "bare floor, fsync"),
                        ("bare_floor_nofsync", "bare floor, no fsync")):  # fmt: skip
         for k, f in enumerate(result[key]["repeats"], 1):  # type: ignore[index]
-            rows.append([f"{label}, rep {k}", f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-"])
+            used = f["cpu_s"]
+            cpu = cpu_cell(used, "client")
+            rows.append(
+                [f"{label}, rep {k}", f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-", cpu]
+            )
     for key, label in (("project_floor_fsync", "floor (one process, project's properties "
                         "code), fsync"), ("project_floor_nofsync", "floor (one process, "
                         "project's properties code), no fsync")):  # fmt: skip
         f = result[key]
-        rows.append([label, f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-"])  # type: ignore[index]
-    print_table(rows, ["run", "p50 s", "p99 s", "max s", "poll saw all s", "--wait s", "files ok"])
+        rows.append([label, f["p50_s"], f["p99_s"], f["max_s"], "-", "-", "-", "-"])  # type: ignore[index]
+    header = ["run", "p50 s", "p99 s", "max s", "poll saw all s", "--wait s", "files ok", "CPU s"]
+    print_table(rows, header)
     print(f"load average at the start: {result['load_at_start']}")
     print(f"agents max / bare floor max (fsync, median of its reps "
           f"{result['bare_floor_fsync']['max_median_s']} s): "  # type: ignore[index]

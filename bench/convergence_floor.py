@@ -73,6 +73,23 @@ def folder_times(directory: Path, count: int) -> list[float]:
     return [(directory / f"agent-{i:04d}").stat().st_mtime_ns / 1e9 for i in range(1, count + 1)]
 
 
+class CpuWatch:
+    """Each process's CPU (user + system, seconds) from `start()` to `read()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.before = {n: benchlib.proc_sample(p).cpu_ticks for n, p in self.pids.items()}
+
+    def read(self) -> dict[str, float]:
+        return {
+            name: round((benchlib.proc_sample(pid).cpu_ticks - ticks) / benchlib.CLK_TCK, 2)
+            for name, (pid, ticks) in ((n, (self.pids[n], t)) for n, t in self.before.items())
+        }
+
+
 # ---------------------------------------------------------------- bare: the children
 
 
@@ -202,25 +219,29 @@ async def run_bare(
         [script, "--client", str(count), "--addresses", joined, "--dir", str(directory),
          "--pems", str(pems), *([] if fsync else ["--no-fsync"])],
     )  # fmt: skip
-    reps: list[dict[str, float]] = []
+    reps: list[dict[str, object]] = []
     try:
         for server in servers:
             await server.start(ready="floor server listening")
         await client.start(ready=rf"floor client: {count} connected", timeout=180)
+        cpu = CpuWatch({"client": client.pid, **{s.name: s.pid for s in servers}})
         for k in range(1, repeats + 1):
             await asyncio.sleep(1.0)  # quiet before the clock starts
+            cpu.start()
             started = time.time()
             for server in servers:
                 os.kill(server.pid, signal.SIGUSR1)
             await client.wait_for(rf"^floor client: written {k}$", timeout=WAIT)
+            used = cpu.read()
             for server in servers:
                 await server.wait_for(rf"^floor server acks {k}$", timeout=WAIT)
-            reps.append(benchlib.summary([t - started for t in folder_times(directory, count)]))
+            times = folder_times(directory, count)
+            reps.append({**benchlib.summary([t - started for t in times]), "cpu_s": used})
     finally:
         for child in [client, *servers]:
             with contextlib.suppress(ProcessLookupError, TimeoutError):
                 await child.stop(signal.SIGKILL)
-    maxima = sorted(r["max_s"] for r in reps)
+    maxima = sorted(float(r["max_s"]) for r in reps)  # type: ignore[arg-type]
     return {"fsync": fsync, "agents": count, "repeats": reps,
             "max_median_s": maxima[len(maxima) // 2],
             "files_ok": files_ok(directory, count, addresses)}  # fmt: skip
