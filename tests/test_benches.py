@@ -139,3 +139,17 @@ def test_maintenance_bench():
         "no_session_lost",
         "rendezvous_le_35pct",
     }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", ["redis-restart", "redis-failover"])
+def test_faults_redis_scenarios(scenario: str):
+    """Two of bench/faults.py's scenarios small (under 40 s each): Redis killed under 30
+    agents, with its data or failed over, and nothing lost."""
+    result = run_bench("faults.py", scenario, "--agents", "30")
+    (report,) = result["scenarios"]
+    assert report["scenario"] == scenario and report["agents"] == 30
+    assert report["met"] is True, report
+    assert report["extra"]["sessions_changed"] == report["extra"]["swarm_lost_server"] == 0
+    figure(report, "recover_s")
