@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LINGER = 2.0  # seconds to wait for the agent to read an error before closing
 READ_CHUNK = 64 * 1024
+STALL_GRACE = 1.0  # seconds a late silence check waits for what the agent sent meanwhile
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -168,14 +169,24 @@ class Connection:
             self._watchdog.cancel()
             self._watch(self._silence_limit)
 
-    def _watch(self, silence_limit: Callable[[], float]) -> None:
+    def _watch(self, silence_limit: Callable[[], float], due: float | None = None) -> None:
         """One timer per silence period, not one per message: when it fires, an agent heard
-        from since gets a new one; a silent one gets SilentError in its next read."""
+        from since gets a new one; a silent one gets SilentError in its next read.
+
+        A timer that fires more than STALL_GRACE late (`due`: when it was set for) says this
+        process is the one that stalled (stopped, a frozen VM, a blocked loop): what the agent
+        sent meanwhile waits unread in the socket, since the loop runs due timers before the
+        reads that take it in reach the session. The verdict waits STALL_GRACE more. Without
+        it a stall a little longer than the silence limit closed every session, although
+        their agents had pinged all along and were still connected."""
         limit = silence_limit()
         deadline = self.heard + limit
-        if self.loop_time() < deadline:
-            loop = asyncio.get_running_loop()
-            self._watchdog = loop.call_at(deadline, self._watch, silence_limit)
+        now = self.loop_time()
+        loop = asyncio.get_running_loop()
+        if now < deadline:
+            self._watchdog = loop.call_at(deadline, self._watch, silence_limit, deadline)
+        elif due is not None and now - due > STALL_GRACE:
+            self._watchdog = loop.call_at(now + STALL_GRACE, self._watch, silence_limit)
         else:
             self._watchdog = None
             self.reader.set_exception(SilentError(f"silent for {limit:.0f}s"))
