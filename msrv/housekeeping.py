@@ -1,8 +1,8 @@
 """What a server does at a fixed rate (every refresh interval, the work's own time subtracted):
 refresh its liveness key, poll the settings and maintenance states for a change whose event was
 lost, finish preparing for maintenance once it holds no session, push again the lists agents
-have not acknowledged, write the last_seen of the hosts it hears from, and re-assert the hosts
-it serves every reassert interval."""
+have not acknowledged, write the last_seen of the hosts it hears from, and re-assert the CA and
+the hosts it serves every reassert interval."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class Housekeeping:
                 await self.write_last_seen()
                 if started - last_reassert >= settings.reassert_interval:
                     last_reassert = started
+                    await self.ctx.trust.reassert_ca()
                     await self.ctx.resync.reassert()
             except RedisError as exc:
                 logger.debug("%s: housekeeping skipped: %s", self.name, exc)

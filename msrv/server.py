@@ -285,6 +285,7 @@ class Server:
     async def _on_connected(self) -> None:
         if not self.ctx.resync.available:
             self.ctx.metrics.redis_reconnects.inc()
+        await self.ctx.trust.reassert_ca()  # before anything that needs it: a Redis emptied
         await self.ctx.resync.on_connected()
         await self.housekeeping.refresh_liveness()
 

@@ -6,7 +6,8 @@ itself a certificate (SAN = its advertised host, validity = ca.framework.cert.va
 so every start renews it. Each connection's handshake is bounded; one that fails (a plaintext
 client, a certificate of another CA, a client that never finishes) is logged with the peer's
 address and closed. A connection without a client certificate gets the CA certificate and may
-only `enroll`; everything else is refused (msrv.lifecycle).
+only `enroll`; everything else is refused (msrv.lifecycle). The CA held is put back in Redis
+when Redis lost it (`reassert_ca`, at each resync and re-assert, as the hosts are).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ServerTrust:
         self._ca: CertificateAuthority | None = None
         self._context: ssl.SSLContext | None = None
         self.ca_message = Ca("")
+        self._other_ca_reported = False
 
     @property
     def ca(self) -> CertificateAuthority:
@@ -108,6 +110,33 @@ class ServerTrust:
         if ca is None:  # gone meanwhile (a failover lost it): make one again
             return await ensure_ca(self.redis, self.keys)
         return ca
+
+    async def reassert_ca(self) -> None:
+        """Put the CA this server holds back in Redis when Redis lost it (it came back empty,
+        or was flushed): without it the next server to start, or `msctl token create`, would
+        make a new CA, refusing every agent's certificate while the agents refuse its own. A
+        different CA found there is left alone and logged once: servers and agents trust this
+        one, and only an operator can say which is to stay."""
+        if self._ca is None:
+            return
+        ca = self._ca
+        if await self.redis.set(self.keys.ca, ca.to_json(), nx=True):
+            logger.warning(
+                "msrv %s: Redis had lost the CA; CA %s put back", self.server_id, ca.fingerprint
+            )
+            return
+        stored = await load_ca(self.redis, self.keys)
+        if stored is not None and stored.fingerprint != ca.fingerprint:
+            if not self._other_ca_reported:
+                logger.error(
+                    "msrv %s: Redis holds CA %s, not CA %s this server and its agents trust: "
+                    "servers started now refuse the agents' certificates. Restore Redis's "
+                    "data (its `ca` key), or re-enroll every agent",
+                    self.server_id,
+                    stored.fingerprint,
+                    ca.fingerprint,
+                )
+            self._other_ca_reported = True
 
     async def handshake(
         self, writer: asyncio.StreamWriter, timeout: float

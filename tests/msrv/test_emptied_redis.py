@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from common.ca import load_ca
 from common.protocol import MsList
 from tests.support.fleet import fleet
 from tests.support.redis_server import RedisServer
@@ -54,5 +55,41 @@ def test_settings_set_again_host_last_move_no_agent(
             result = await f.msctl("status")
             assert "Redis lost its settings" not in result.output
             assert "converged: all 6 connected hosts hold their list" in result.output
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_the_ca_survives_an_emptied_redis(
+    redis_factory: Callable[..., RedisServer], namespace: str
+) -> None:
+    """Issue 16's redis-empty: Redis came back empty without the CA, so the next server started
+    (or `msctl token create`) made a new CA, and refused every agent's certificate while the
+    agents refused its own. The running servers hold the CA: each puts it back as it resyncs."""
+    redis = redis_factory(persist=False)
+
+    async def scenario() -> None:
+        async with fleet(redis.url, namespace, servers=2) as f:
+            await f.set("host", ",".join(f.addresses))
+            ca = await f.ca()
+            client = await f.connect(0, "g0")
+            assert (await client.startup(name="h0")).ms_list is not None
+            client.keepalive(1.0)
+
+            redis.restart()  # comes back with nothing, the CA included
+            await f.forget_connections()
+            await asyncio.gather(*(s.wait_for("Redis is back") for s in f.servers))
+            stored = await load_ca(f.redis, f.keys)
+            assert stored is not None and stored.fingerprint == ca.fingerprint
+            for server in f.servers:
+                assert server.count("CA .* put back") <= 1
+
+            # a server started now is of the same CA: it takes the agents' certificates
+            await f.servers[1].stop()
+            await f.servers[1].start()
+            assert f.servers[1].count(f"CA {ca.fingerprint}") == 1
+            late = await f.connect(1, "g1")
+            assert (await late.startup(name="h1")).ready.host_id > 0
+            assert await client.sync() is not None  # the first session never noticed
 
     asyncio.run(scenario())
