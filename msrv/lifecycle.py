@@ -442,6 +442,7 @@ class HostSession:
                     logger.debug("%s: disconnect not recorded (%s)", self, exc)
             self.ctx.summary.note("ended")
         await self.conn.close()
+        self._handlers = {}  # bound methods of this session: a cycle the collector would free
         # the last session of a server preparing for maintenance: it is in maintenance now,
         # not at the next housekeeping tick (which remains for a cancel or a lost write)
         try:
