@@ -10,18 +10,24 @@ list while Redis was empty; from the first `config set` until the fleet is whole
 server applies Redis's new settings version, every agent connected and current, by the registry
 and by the swarm's own count); sessions lost (the swarm's "lost server" lines) and sessions
 changed (the registry's session tokens before and after: an agent moved, make-before-break, to
-another server); settings lost (as set again). What the servers logged. Target (`met`): 0
-sessions lost, every server agrees, every agent current, and, as status says, no agent moved.
+another server); settings lost (as set again). What the servers logged. Then whether Redis
+holds the CA of before, and whether a server restarted after (SIGTERM, start) takes an agent
+certificate of it. Target (`met`): 0 sessions lost, every server agrees, every agent current,
+as status says no agent moved, and the CA kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import ssl
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+from common.ca import load_ca
 from faultkit import fleet
 from faultkit.redis_outage import (
     DOWN_S,
@@ -30,6 +36,7 @@ from faultkit.redis_outage import (
     PersistentLab,
     agreed,
     agreement,
+    first_accepted_startup,
     msctl,
     outage,
     server_lines,
@@ -39,10 +46,12 @@ from faultkit.report import FaultReport
 
 DEFAULT_AGENTS = 1000
 OPERATOR_PAUSE = 5.0  # seconds between two `msctl config set`
+PROBE_LIMIT = 15.0  # seconds for a restarted server to take an agent's certificate
 TARGET = (
     f"Redis SIGKILLed, down {DOWN_S:g} s, back empty, the operator sets the settings again "
     "(host last, as msctl status says): 0 sessions lost, every server on Redis's new settings "
-    "version, every agent current, no agent moved"
+    "version, every agent current, no agent moved, the CA kept (a server restarted after "
+    "takes the agents' certificates)"
 )
 
 
@@ -53,6 +62,9 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         await lab.start(algorithm="roundrobin")
         report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
         expected = await stored(lab)  # host, then algorithm: the order the lab set them
+        ca = (await lab.identities()).ca
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        tls = (await lab.identities()).client(probe)
         host_last = {k: v for k, v in expected.items() if k != "host"} | {"host": expected["host"]}
         first = await _phase(lab, agents, expected)
         report.extra["host_first"] = first
@@ -60,23 +72,27 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         last = await _phase(lab, agents, host_last)
         report.extra["host_last"] = last
         report.recover_s = last["whole_s"]
-        logged = server_lines(lab, r"msrv\.resync: .*(?:version|back)")
+        logged = server_lines(lab, r"msrv\.(?:resync: .*(?:version|back)|trust: .*CA)")
         report.extra["servers_logged"] = list(
-            dict.fromkeys(re.sub(r"ms\d+", "msN", x) for x in logged)
+            dict.fromkeys(re.sub(r"ms\d+|\d+ sessions", "N", x) for x in logged)
         )
         report.settings_lost = await fleet.settings_lost(lab, expected)
-
         state = await fleet.fleet_state(lab)
         report.disconnected = agents - state.connected
         held = await fleet.held_lists(lab)
         report.wrong_list = state.behind + fleet.files_disagreeing(lab.directory / "agents", held)
         children = [*(m.child for m in lab.members), lab.swarm]
         report.crashes = fleet.crashed(children, killed=set())
-        report.tracebacks = fleet.tracebacks(children)
+        report.tracebacks = fleet.tracebacks(children)  # before a restart starts a log afresh
+
+        report.extra["after"] = after = await _restarted_server(lab, ca.fingerprint, tls, probe)
+        report.tracebacks += fleet.tracebacks([lab.members[0].child])
         report.met = (
             all(p["whole_s"] is not None and p["agreed"] for p in (first, last))
             and first["swarm_lost_server"] == last["swarm_lost_server"] == 0
             and last["sessions_changed"] == 0
+            and after["ca_kept"]
+            and after["restarted_server_accepts_s"] is not None
             and report.disconnected == report.wrong_list == report.settings_lost == 0
             and report.crashes == report.tracebacks == 0
         )
@@ -125,6 +141,31 @@ async def _phase(lab: PersistentLab, agents: int, settings: dict[str, str]) -> d
         line.strip() for line in status.splitlines() if "Redis" in line or "converged" in line
     ]
     return figures
+
+
+async def _restarted_server(
+    lab: PersistentLab, fingerprint: str, tls: ssl.SSLContext, probe: str
+) -> dict[str, Any]:
+    """After the outages: whether Redis holds the CA of before, and whether a server restarted
+    now (SIGTERM, start) takes an agent certificate of that CA (seconds from its start until
+    it accepted a probe's startup; None: it did not within PROBE_LIMIT)."""
+    async with lab.connected() as client:
+        now = await load_ca(client, lab.keys)
+    victim = lab.members[0]
+    await lab.kill_server(victim.server_id, signal.SIGTERM)
+    started = time.monotonic()
+    await lab.start_server(victim.server_id)
+    try:
+        accepted: float | None = await first_accepted_startup(
+            [victim.listen], tls, probe, PROBE_LIMIT
+        )
+    except TimeoutError:
+        accepted = None
+    return {
+        "ca_kept": now is not None and now.fingerprint == fingerprint,
+        "restarted": victim.server_id,
+        "restarted_server_accepts_s": None if accepted is None else round(accepted - started, 2),
+    }
 
 
 async def _whole(lab: PersistentLab, agents: int, since: float) -> float | None:

@@ -14,22 +14,19 @@ just before the kill among them); the sentinels' down-after-milliseconds.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 import uuid
 from pathlib import Path
 
 from benchtls import BenchLab
 
-from common import protocol
-from common.protocol import Ready, Startup
-from common.tls import server_hostname
 from faultkit import fleet
 from faultkit.redis_outage import (
     RESYNC_LIMIT,
     SERVED_LIMIT,
     agreed,
     agreement,
+    first_accepted_startup,
     msctl,
     stored,
     wait_agreed,
@@ -40,7 +37,6 @@ from msctl.redis_ha import DOWN_AFTER_MS
 DEFAULT_AGENTS = 3000
 NAMESPACE = "faults"
 BACK = "Redis is back"
-PROBE_EVERY = 0.05
 ACKED_BEFORE = ("ca.framework.cert.validity.period", "200")  # set just before the kill
 CHANGE_AFTER = ("indirect.agent.lb.check.interval", "30")
 TARGET = (
@@ -68,7 +64,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
 
         report.extra["killed"] = await lab.kill_redis()
         killed = time.monotonic()
-        accepted = await _first_accepted_startup(lab, tls, guid)
+        accepted = await first_accepted_startup(lab.addresses, tls, guid)
         report.extra["first_startup_accepted_s"] = round(accepted - killed, 2)
         await asyncio.gather(
             *(
@@ -113,31 +109,3 @@ async def run(agents: int, workdir: Path) -> FaultReport:
     finally:
         await lab.stop()
     return report
-
-
-async def _first_accepted_startup(lab: BenchLab, tls: ssl.SSLContext, guid: str) -> float:
-    """Offer a startup (a probe host of a zone of its own, so no agent's rank moves) to the
-    servers in turn until one is accepted; when it was."""
-    deadline = time.monotonic() + RESYNC_LIMIT
-    attempt = 0
-    while time.monotonic() < deadline:
-        address = lab.addresses[attempt % len(lab.addresses)]
-        attempt += 1
-        host, port = address.rsplit(":", 1)
-        try:
-            async with asyncio.timeout(10):
-                reader, writer = await asyncio.open_connection(
-                    host, int(port), ssl=tls, server_hostname=server_hostname(host)
-                )
-                try:
-                    startup = Startup(guid, guid, "routing", "probe", "probe", [], None, address)
-                    writer.write(protocol.encode(startup))
-                    await writer.drain()
-                    if isinstance(await protocol.read_message(reader), Ready):
-                        return time.monotonic()
-                finally:
-                    writer.close()
-        except (OSError, TimeoutError):
-            pass
-        await asyncio.sleep(PROBE_EVERY)
-    raise TimeoutError(f"no server accepted a startup within {RESYNC_LIMIT:g}s of the kill")

@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import shutil
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from typing import Any
 
 from benchtls import BenchLab
 
+from common import protocol
 from common.configstore import ConfigStore
+from common.protocol import Ready, Startup
+from common.tls import server_hostname
 from faultkit import fleet
 from msctl.children import REDIS_URL_ENV, LoggedProcess
 from msctl.embedded_redis import RedisServer, new_password
@@ -32,6 +36,7 @@ SERVED_LIMIT = 120.0  # seconds for the fleet to be whole again
 UNREACHABLE = "Redis unreachable"
 BACK = "Redis is back"
 NAMESPACE = "faults"
+PROBE_EVERY = 0.05  # seconds between two startups a probe offers
 
 
 @dataclass
@@ -152,3 +157,34 @@ async def msctl(lab: BenchLab, *args: str, timeout: float = 60.0) -> tuple[int, 
         await process.wait()
         raise
     return process.returncode or 0, output.decode(errors="replace")
+
+
+async def first_accepted_startup(
+    addresses: list[str], tls: ssl.SSLContext, guid: str, limit: float = RESYNC_LIMIT
+) -> float:
+    """Offer a startup (a probe host `guid`, whose certificate `tls` presents, of a zone of its
+    own, so no agent's rank moves) to the servers at `addresses` in turn until one is accepted:
+    when it was (monotonic). TimeoutError after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    attempt = 0
+    while time.monotonic() < deadline:
+        address = addresses[attempt % len(addresses)]
+        attempt += 1
+        host, port = address.rsplit(":", 1)
+        try:
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), ssl=tls, server_hostname=server_hostname(host)
+                )
+                try:
+                    startup = Startup(guid, guid, "routing", "probe", "probe", [], None, address)
+                    writer.write(protocol.encode(startup))
+                    await writer.drain()
+                    if isinstance(await protocol.read_message(reader), Ready):
+                        return time.monotonic()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(PROBE_EVERY)
+    raise TimeoutError(f"no server accepted a startup within {limit:g}s")
