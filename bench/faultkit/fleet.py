@@ -7,7 +7,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchlib
@@ -193,3 +193,30 @@ def files_disagreeing(agents_dir: Path, lists_by_guid: Mapping[str, str]) -> int
         if held is not None and (props.get("host") or "").partition("@")[0] != held:
             wrong += 1
     return wrong
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@dataclass
+class ProcessWatch:
+    """A child's RSS and open descriptors every `every` seconds, while `run` runs (a task)."""
+
+    pid: int
+    every: float = 0.5
+    rss: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, bytes)
+    fds: list[tuple[float, int]] = field(default_factory=list)
+
+    async def run(self) -> None:
+        while True:
+            now = time.monotonic()
+            try:
+                self.rss.append((now, benchlib.proc_sample(self.pid).rss_bytes))
+                self.fds.append((now, open_fds(self.pid)))
+            except OSError:  # the process is gone
+                return
+            await asyncio.sleep(self.every)
+
+    def peak(self, since: float = 0.0) -> int:
+        return max((v for t, v in self.rss if t >= since), default=0)
