@@ -156,6 +156,7 @@ class Agent:
         await self._renew_if_due(link)
         reason = await link.run(self._on_ms_list, self.trust.renewed)
         self.trust.renewing = False
+        await self._switch_done()
         if self.link is link and not self._stopping.is_set():
             if self.losses is not None:
                 self.losses[f"{link.address}: {reason}"] += 1
@@ -184,8 +185,18 @@ class Agent:
             current = self.link
             assert current is not None
             await current.wait_closed()
+            await self._switch_done()
             if self.link is current:
                 lost = current.address
+
+    async def _switch_done(self) -> None:
+        """Until a switch under way (make-before-break) is over. The session it replaces can
+        end first: a server hangs up on a host's old session when its new one starts there (the
+        same server under another address, as behind a TCP load balancer). Dialling then, beside
+        the switch, made a second new session, registered last: the registry followed it, and
+        its close marked the host disconnected while the agent stayed on the switch's."""
+        async with self._switch_lock:
+            pass
 
     async def _connect(self, lost: Address | None) -> Link:
         return await connect_with_failover(
