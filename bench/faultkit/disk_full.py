@@ -50,12 +50,16 @@ FILLER = ".filler"
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size_kib: int) -> Iterator[Path]:
+    """A tmpfs of `size_kib` at `path` (mounting needs root, or CAP_SYS_ADMIN)."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(path)],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if mounted.returncode != 0:
+        raise RuntimeError(f"disk-full mounts a tmpfs: {mounted.stderr.strip()}")
     try:
         yield path
     finally:
