@@ -6,6 +6,7 @@ that no longer follows the code it drives, which a full run would only show much
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,18 @@ def test_faults_redis_scenarios(scenario: str):
     assert report["met"] is True, report
     assert report["extra"]["sessions_changed"] == report["extra"]["swarm_lost_server"] == 0
     figure(report, "recover_s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(os.geteuid() != 0, reason="disk-full mounts a tmpfs (root)")
+def test_faults_disk_full():
+    """bench/faults.py disk-full small (about 35 s): 3 agents on a full tmpfs ack nothing,
+    keep their files, say why once each, and ack once space returns."""
+    result = run_bench("faults.py", "disk-full", "--agents", "3")
+    (report,) = result["scenarios"]
+    assert report["met"] is True, report
+    extra = report["extra"]
+    assert extra["acked_while_full"] == extra["files_changed_while_full"] == 0
+    assert extra["cannot_save_lines"] == 3
+    figure(extra, "every_ack_after_space_s")
