@@ -27,7 +27,8 @@ Figures of each episode, from the registry polled every POLL seconds:
   registry puts on it, their sum is N and every agent is served; `duplicates` (sessions
   beyond N) and `mismatched` (servers whose count is not the registry's) at that point;
   `victim_log`, what the victim logged from the fault on (env FAULTS_DUMP=DIR: those lines
-  are written to DIR/victim-ours.log and DIR/victim-haproxy.log).
+  are written to DIR/victim-ours.log and DIR/victim-haproxy.log, and every child's whole log
+  to DIR/NAME.log at the end).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from msctl.lab import Lab
 VICTIM = "ms1"
 HOLD = 40.0  # seconds the fault lasts
 POLL = 0.25
-PING = {"ping_interval": "5", "ping_timeout": "3"}
+PING = {"ping.interval": "5", "ping.timeout": "3"}
 SILENCE_LIMIT = 15.0  # ping.interval x ping.timeout
 SETTLE_LIMIT = 90.0  # seconds after the fault for every figure to settle
 # what the victim logged from the fault on: how it noticed its sessions were gone
@@ -106,10 +107,14 @@ async def read_registry(lab: Lab) -> Registry:
     return Registry(hosts, current_hosts(snapshot, hosts, servers))
 
 
-def scrape_sessions(url: str) -> int:
-    """A server's own count of its sessions (msrv_sessions, summed over zones)."""
-    with urllib.request.urlopen(url, timeout=2.0) as reply:
-        text = reply.read().decode()
+def scrape_sessions(url: str) -> int | None:
+    """A server's own count of its sessions (msrv_sessions, summed over zones); None when its
+    metrics do not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
     return int(
         sum(
             sample.value
@@ -120,7 +125,7 @@ def scrape_sessions(url: str) -> int:
     )
 
 
-async def sessions_by_server(lab: Lab) -> dict[str, int]:
+async def sessions_by_server(lab: Lab) -> dict[str, int | None]:
     running = [m for m in lab.members if m.running]
     counts = await asyncio.gather(
         *(asyncio.to_thread(scrape_sessions, m.metrics_url) for m in running)
@@ -208,14 +213,13 @@ class Episode:
                 figures["served_s"] = round(at - started, 2)
             on = registry.on()
             mismatched = sorted(s for s, n in sessions.items() if n != on.get(s, 0))
-            settled = (
-                "served_s" in figures and not mismatched and sum(sessions.values()) == self.agents
-            )
+            total = sum(n or 0 for n in sessions.values())
+            settled = "served_s" in figures and not mismatched and total == self.agents
             if settled or at - ended > SETTLE_LIMIT:
                 figures["settled_s"] = round(at - ended, 2) if settled else None
                 figures["sessions"] = dict(sorted(sessions.items()))
                 figures["registry_on"] = dict(sorted(on.items()))
-                figures["duplicates"] = max(0, sum(sessions.values()) - self.agents)
+                figures["duplicates"] = max(0, total - self.agents)
                 figures["mismatched"] = mismatched
                 figures["unserved"] = self.agents - registry.served_count(None)
                 return
@@ -248,10 +252,10 @@ class SideBySide:
 
     async def run(self) -> FaultReport:
         lab = self.lab
-        settings = {"indirect.agent.lb.algorithm": "roundrobin", "ping.interval": "5",
-                    "ping.timeout": "3", "indirect.agent.lb.check.interval": "0"}  # fmt: skip
+        settings = {"indirect.agent.lb.algorithm": "roundrobin",
+                    "indirect.agent.lb.check.interval": "0", **PING}  # fmt: skip
         extra: dict[str, Any] = {"ping_interval_s": 5, "ping_timeout": 3, "hold_s": HOLD}
-        await lab.start(algorithm="roundrobin", check_interval="0", **PING)
+        await lab.start(**settings)
         took, state = await wait_served(lab, self.agents, 120 + self.agents / 20)
         if took is None:
             raise TimeoutError(f"the lab never served every agent: {state}")
@@ -273,6 +277,11 @@ class SideBySide:
         self, ours: dict[str, Any], settings: dict[str, str], extra: dict[str, Any]
     ) -> FaultReport:
         lab = self.lab
+        if DUMP:
+            for child in [*(m.child for m in lab.members), lab.swarm]:
+                if child is not None:
+                    path = Path(DUMP, f"{child.name}.log")
+                    await asyncio.to_thread(path.write_text, "\n".join(child.lines) + "\n")
         registry = await read_registry(lab)
         lists = {h.guid: ",".join(h.ms_list) for h in registry.hosts}
         children = [*(m.child for m in lab.members), lab.swarm]
