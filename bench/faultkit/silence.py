@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import haproxy
-from failover_timing import quiescent
+from failover_timing import poll_until, quiescent, settled
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.configstore import ConfigStore
@@ -259,6 +259,9 @@ class SideBySide:
         took, state = await wait_served(lab, self.agents, 120 + self.agents / 20)
         if took is None:
             raise TimeoutError(f"the lab never served every agent: {state}")
+        # each agent on its first entry (a third on each server): the moves off the server
+        # they all dialled first are paced, and must be over before the fault
+        await poll_until(lab, settled(lab, self.agents), 60 + self.agents / 20, "settle")
         await quiescent(lab)
         extra["ours"] = ours = await Episode(lab, self.agents, self.fault).run()
         if not haproxy.installed():
