@@ -1,9 +1,9 @@
-"""redis-empty: under N agents (3 servers, roundrobin), the lab's redis-server is SIGKILLed,
-kept down 20 s, its data deleted, and started again empty. The servers keep the settings they
-applied (msrv.resync: an emptied Redis never wipes agents' lists) and say so; `msctl status`
-tells the operator to set the settings again, which the operator does with `msctl config set`,
-one command every 5 s (a person typing). Twice, in one lab: first in the order they were first
-set (`host` first), then as `msctl status` says (`host` last).
+"""redis-empty: under N agents (3 servers, roundrobin, check interval 10 s), the lab's redis-server
+is SIGKILLed, kept down 20 s, its data deleted, and started again empty. The servers keep the
+settings they applied (msrv.resync: an emptied Redis never wipes agents' lists) and say so;
+`msctl status` tells the operator to set the settings again, which the operator does with `msctl
+config set`, one command every 5 s (a person typing). Twice, in one lab: first in the order they
+were first set (`host` first), then as `msctl status` says (`host` last).
 
 Figures, for each: what `msctl status` said; whether every agent stayed connected and kept its
 list while Redis was empty; from the first `config set` until the fleet is whole again (every
@@ -30,6 +30,7 @@ from typing import Any
 from common.ca import load_ca
 from faultkit import fleet
 from faultkit.redis_outage import (
+    CHECK_INTERVAL,
     DOWN_S,
     NAMESPACE,
     SERVED_LIMIT,
@@ -59,7 +60,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
     report = FaultReport("redis-empty", agents, TARGET)
     lab = PersistentLab(workdir / "lab", servers=3, agents=agents, namespace=NAMESPACE, port=0)
     try:
-        await lab.start(algorithm="roundrobin")
+        await lab.start(algorithm="roundrobin", check_interval=CHECK_INTERVAL)
         report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
         expected = await stored(lab)  # host, then algorithm: the order the lab set them
         ca = (await lab.identities()).ca

@@ -1,7 +1,8 @@
-"""redis-failover: under N agents (3 servers, roundrobin), the lab's Redis is highly available
-(msctl.redis_ha, `msctl lab up --redis-ha`: a master, 2 replicas, 3 sentinels, quorum 2) and
-every process reaches it through its `redis+sentinel://` URL. A setting is changed with `msctl
-config set` (which returns 0 only once a replica has it), then the master is SIGKILLed.
+"""redis-failover: under N agents (3 servers, roundrobin, check interval 10 s), the lab's Redis is
+highly available (msctl.redis_ha, `msctl lab up --redis-ha`: a master, 2 replicas, 3 sentinels,
+quorum 2) and every process reaches it through its `redis+sentinel://` URL. A setting is changed
+with `msctl config set` (which returns 0 only once a replica has it), then the master is
+SIGKILLed.
 
 Figures, from the kill: the first startup a server accepted (a probe offers one to the servers
 in turn, every 50 ms, each refused as retryable while Redis is away); every server resubscribed
@@ -22,6 +23,7 @@ from benchtls import BenchLab
 
 from faultkit import fleet
 from faultkit.redis_outage import (
+    CHECK_INTERVAL,
     RESYNC_LIMIT,
     SERVED_LIMIT,
     agreed,
@@ -51,7 +53,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         workdir / "lab", servers=3, agents=agents, namespace=NAMESPACE, port=0, redis_ha=True
     )
     try:
-        await lab.start(algorithm="roundrobin")
+        await lab.start(algorithm="roundrobin", check_interval=CHECK_INTERVAL)
         report.extra["down_after_ms"] = DOWN_AFTER_MS
         report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
         code, output = await msctl(lab, "config", "set", *ACKED_BEFORE)
@@ -77,6 +79,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
         set_at = time.monotonic()
         code, output = await msctl(lab, "config", "set", *CHANGE_AFTER)
         report.extra["change_after"] = output.strip() if code == 0 else f"FAILED: {output}"
+        expected[CHANGE_AFTER[0]] = CHANGE_AFTER[1]  # the others as before the kill
         version, _ = await agreement(lab)
         acked = await fleet.wait_acked(lab, agents, version, SERVED_LIMIT)
         if acked is not None:

@@ -1,6 +1,6 @@
-"""redis-restart: under N agents (3 servers, roundrobin), the lab's redis-server, which keeps
-an AOF fsync'd at every write, is SIGKILLed, kept down 20 s (longer than the agents' silence
-limit of 15 s) and started again with its data.
+"""redis-restart: under N agents (3 servers, roundrobin, check interval 10 s), the lab's
+redis-server, which keeps an AOF fsync'd at every write, is SIGKILLed, kept down 20 s (longer
+than the agents' silence limit of 15 s) and started again with its data.
 
 Figures: from the kill until every server logged Redis unreachable; from the restart until every
 server logged it was back (resynchronised); sessions lost (the swarm's "lost server" lines, and
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from faultkit import fleet
 from faultkit.redis_outage import (
+    CHECK_INTERVAL,
     DOWN_S,
     NAMESPACE,
     RESYNC_LIMIT,
@@ -41,7 +42,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
     report = FaultReport("redis-restart", agents, TARGET)
     lab = PersistentLab(workdir / "lab", servers=3, agents=agents, namespace=NAMESPACE, port=0)
     try:
-        await lab.start(algorithm="roundrobin")
+        await lab.start(algorithm="roundrobin", check_interval=CHECK_INTERVAL)
         report.extra["settled_before_s"] = await fleet.wait_settled(lab, agents, SERVED_LIMIT)
         expected = await stored(lab)
         before = await fleet.sessions(lab)
