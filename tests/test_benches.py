@@ -169,3 +169,18 @@ def test_faults_disk_full():
     assert extra["acked_while_full"] == extra["files_changed_while_full"] == 0
     assert extra["cannot_save_lines"] == 3
     figure(extra, "every_ack_after_space_s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_faults_hung_server():
+    """bench/faults.py hung-server small (about 50 s, 90 s with HAProxy installed): ms1
+    SIGSTOPped for 40 s under 30 agents; they fail over, and after SIGCONT every server's own
+    session count is the registry's (the HAProxy side too, when there is one)."""
+    result = run_bench("faults.py", "hung-server", "--agents", "30", timeout=190)
+    (report,) = result["scenarios"]
+    assert report["met"] is True, report
+    ours = report["extra"]["ours"]
+    assert ours["victim_agents"] == 10 and ours["served_in_fault"] is True
+    assert ours["duplicates"] == 0 and ours["mismatched"] == []
+    assert figure(ours, "served_s") <= 25
