@@ -40,7 +40,7 @@ from common.protocol import Ca, Enroll, Enrolled, ErrorCode, Renewed
 from common.revocation import record_issued
 from common.tls import PeerCertificate, expires_text, serial_hex, server_context
 from common.tokens import TokenCheck, consume_token
-from msrv.connection import Refused
+from msrv.connection import Refused, forget_traceback
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +146,12 @@ class ServerTrust:
         try:
             async with asyncio.timeout(timeout):
                 await writer.start_tls(self.context)
-        except TimeoutError:
-            raise HandshakeFailedError(f"TLS handshake not done within {timeout:g}s") from None
-        except ssl.SSLError as exc:
-            raise HandshakeFailedError(f"TLS handshake failed: {exc.reason or exc}") from None
-        except (ConnectionError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise HandshakeFailedError(f"connection lost in the TLS handshake: {reason}") from None
+        except OSError as exc:  # TimeoutError, ssl.SSLError, ConnectionError among them
+            reason = _handshake_failure(exc, timeout)
+            # its frames hold the connection, and an asyncio future holds it: a cycle that
+            # kept a failed handshake's TLS state (msrv.connection.Connection.close)
+            forget_traceback(exc)
+            raise HandshakeFailedError(reason) from None
         try:
             return PeerCertificate.of(writer.get_extra_info("ssl_object"))
         except (ValueError, KeyError) as exc:
@@ -237,6 +236,14 @@ class ServerTrust:
             certificate.not_valid_after_utc.timestamp(),
         )
         return certificate
+
+
+def _handshake_failure(exc: OSError, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"TLS handshake not done within {timeout:g}s"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    return f"connection lost in the TLS handshake: {str(exc) or type(exc).__name__}"
 
 
 _TOKEN_REFUSALS = {
