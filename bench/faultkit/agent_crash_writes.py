@@ -6,9 +6,9 @@ its first entry), so lists arrive at the agents continuously. Each agent's folde
 with inotify: once the agent is back and has acked a list after its restart, the next creation
 of its temporary file (`.agent.properties.*.tmp`, the first step of common.properties'
 atomic_write) starts a delay drawn uniformly from [0, window), then SIGKILL; `window` is how
-long the agent's writes took from the temporary file's creation to its rename in a warm-up
-(p90; the folder's fsync after the rename is part of the write too, so some kills land
-after the rename). After each kill:
+long the agent's last WINDOW_OF writes took from the temporary file's creation to its rename
+(their median; the folder's fsync after the rename is part of the write too, and the killer's
+own delays add to the drawn one, so some kills land after the rename). After each kill:
 
 - agent.properties parses, every other line is as it was, and its `host` is the last list the
   agent logged as persisted (old: the write did not land) or a list pushed after that one (new:
@@ -52,7 +52,8 @@ DEFAULT_AGENTS = 1
 TARGET = "300 kills inside writes: every file parses (old or new list), 0 agents not back"
 KILLS = 300
 PUSH_EVERY = 0.01  # seconds between two changes of `host`
-WARMUP_WRITES = 30  # writes timed to size the kill window
+WARMUP_WRITES = 30  # writes timed before the first kill
+WINDOW_OF = 50  # the last writes whose median duration is the kill window
 COME_BACK = 30.0  # seconds for a restarted agent to connect and ack
 FIRST_PORT = 10_000  # the unreachable second entries: 127.0.0.1:10000, :10001, ...
 TMP_PREFIX = ".agent.properties."
@@ -77,8 +78,8 @@ class WriteKiller(threading.Thread):
         self.folder = folder
         self.path = folder / "agent.properties"
         self.rng = rng
-        self.window = 0.0
         self.durations: list[float] = []
+        self.windows: list[float] = []  # the window of each kill
         self._watch = FolderWatch(folder, IN_CREATE | IN_MOVED_TO)
         self._halt = threading.Event()
         self._armed: tuple[int, asyncio.AbstractEventLoop, asyncio.Future[Kill]] | None = None
@@ -119,7 +120,9 @@ class WriteKiller(threading.Thread):
         if armed is None:
             return
         pid, loop, future = armed
-        delay = self.rng.uniform(0.0, self.window)
+        window = statistics.median(self.durations[-WINDOW_OF:] or [0.001])
+        self.windows.append(window)
+        delay = self.rng.uniform(0.0, window)
         time.sleep(max(0.0, at + delay - time.monotonic()))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -264,14 +267,11 @@ async def cycle(agent: CrashAgent, killer: WriteKiller, pusher: Pusher, tally: T
 
 
 async def warm_up(killers: list[WriteKiller]) -> None:
-    """Until each agent's writes were timed WARMUP_WRITES times; sets each kill window."""
+    """Until each agent's writes were timed WARMUP_WRITES times."""
     for _ in range(1200):
         if all(len(k.durations) >= WARMUP_WRITES for k in killers):
             break
         await asyncio.sleep(0.1)
-    for killer in killers:
-        durations = sorted(killer.durations[:WARMUP_WRITES] or [0.001])
-        killer.window = durations[int(0.9 * (len(durations) - 1))]
 
 
 @dataclass
@@ -381,6 +381,7 @@ def figures(
     tally: Tally, killers: list[WriteKiller], pusher: Pusher, connected: int
 ) -> dict[str, object]:
     durations = [d for k in killers for d in k.durations]
+    windows = [w for k in killers for w in k.windows]
     return {
         "kills": tally.kills,
         "files_parsed": tally.parsed,
@@ -392,7 +393,7 @@ def figures(
         "temp_files_kept_after_restart": tally.temp_kept,
         "agents_not_back": tally.not_back,
         "connected_at_end": connected,
-        "kill_window_ms": [round(k.window * 1000, 2) for k in killers],
+        "kill_window_ms_p50": round(statistics.median(windows or [0]) * 1000, 2),
         "write_ms_p50": round(statistics.median(durations) * 1000, 2) if durations else None,
         "kill_delay_ms_p50": round(statistics.median(tally.delays or [0]) * 1000, 2),
         "kill_delay_ms_max": round(max(tally.delays, default=0) * 1000, 2),
