@@ -1,7 +1,9 @@
 """The agent's list in its agent.properties: `host=A,B,C@algorithm`, written atomically
 (common.properties: temp file, fsync, rename, fsync of the folder; every other line kept), one
-write at a time. The agent acks a list only once it is written; a write that fails keeps the old
-file, and its cause is logged once while it lasts (the server pushes the list again later)."""
+write at a time, the file kept parsed between writes (KeptProperties: read again only when
+something else changed it). The agent acks a list only once it is written; a write that fails
+keeps the old file, and its cause is logged once while it lasts (the server pushes the list
+again later)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 from agentd.config import HOST
 from common.errors import PropertiesError
 from common.hostlist import HostList, format_host_value
-from common.properties import update_properties
+from common.properties import KeptProperties
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,7 @@ class HostFile:
     def __init__(self, path: Path, label: str) -> None:
         self.path = path
         self.label = label
+        self._file = KeptProperties(path)
         self._lock = asyncio.Lock()
         self._fault: str | None = None  # why the last write failed, while it fails
 
@@ -29,7 +32,7 @@ class HostFile:
         value = format_host_value(host_list)
         async with self._lock:
             try:
-                await asyncio.to_thread(update_properties, self.path, {HOST: value})
+                await asyncio.to_thread(self._file.update, {HOST: value})
             except (OSError, PropertiesError) as exc:
                 self._failed(value, exc)
                 return False

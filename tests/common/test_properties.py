@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from common.errors import PropertiesError
-from common.properties import AgentProperties, atomic_write, update_properties
+from common.properties import AgentProperties, KeptProperties, atomic_write, update_properties
 
 ORIGINAL = (
     "# agent.properties of hv-17\n"
@@ -137,3 +137,65 @@ def test_unreadable_or_broken_files_raise_one_line_errors(tmp_path):
     bad.write_text("key=\\u12G4\n")
     with pytest.raises(PropertiesError, match=r"bad\.properties"):
         AgentProperties.load(bad)
+
+
+def test_kept_properties_writes_like_update_properties(props_file):
+    os.chmod(props_file, 0o640)
+    kept = KeptProperties(props_file)
+    kept.update({"host": "10.0.0.2,10.0.0.1@roundrobin"})
+    kept.update({"host": "10.0.0.1,10.0.0.2@roundrobin"})
+    expected = ORIGINAL.replace(
+        "host=10.0.0.1,10.0.0.2@static", "host=10.0.0.1,10.0.0.2@roundrobin"
+    )
+    assert props_file.read_bytes() == expected.encode("latin-1")
+    assert stat.S_IMODE(props_file.stat().st_mode) == 0o640
+    assert [p.name for p in props_file.parent.iterdir()] == ["agent.properties"]
+
+
+def test_kept_properties_parses_only_what_it_did_not_write(props_file, monkeypatch):
+    loads = []
+    real_load = AgentProperties.load.__func__
+
+    def counting_load(cls, path):
+        loads.append(path)
+        return real_load(cls, path)
+
+    monkeypatch.setattr(AgentProperties, "load", classmethod(counting_load))
+    kept = KeptProperties(props_file)
+    for n in range(3):
+        kept.update({"host": f"10.0.0.{n}@static"})
+    assert len(loads) == 1
+
+
+@pytest.mark.parametrize("how", ["replaced", "edited in place"])
+def test_kept_properties_reads_again_a_file_another_writer_changed(props_file, how):
+    kept = KeptProperties(props_file)
+    kept.update({"host": "10.0.0.2@static"})
+    if how == "replaced":  # another writer of the agent (the token's removal), atomically
+        update_properties(props_file, {"workers": None})
+    else:  # an operator's editor, same inode
+        text = props_file.read_text("latin-1").replace("workers   4", "workers   8")
+        with open(props_file, "r+", encoding="latin-1") as file:
+            file.write(text)
+    kept.update({"host": "10.0.0.3@static"})
+    props = AgentProperties.load(props_file)
+    assert props.get("host") == "10.0.0.3@static"
+    assert props.get("workers") == (None if how == "replaced" else "8")
+
+
+def test_kept_properties_after_a_failed_write_keeps_the_old_file_and_reads_again(
+    props_file, monkeypatch
+):
+    kept = KeptProperties(props_file)
+    kept.update({"host": "10.0.0.2@static"})
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError, match="full"):
+        kept.update({"host": "10.0.0.3@static"})
+    assert AgentProperties.load(props_file).get("host") == "10.0.0.2@static"
+    monkeypatch.setattr(os, "replace", real_replace)
+    kept.update({"workers": None})
+    props = AgentProperties.load(props_file)
+    assert (props.get("host"), props.get("workers")) == ("10.0.0.2@static", None)  # read again
+    with pytest.raises(PropertiesError, match="cannot read"):
+        KeptProperties(props_file.parent / "gone.properties").update({"host": "x"})
