@@ -159,6 +159,23 @@ def tracebacks(children: Iterable[LoggedProcess | None]) -> int:
     )
 
 
+def traceback_texts(children: Iterable[LoggedProcess | None], limit: int = 3) -> list[str]:
+    """The first `limit` tracebacks in the children's logs, each with the line before it (what
+    logged it) and up to its exception's line, so a run's report shows what went wrong."""
+    texts: list[str] = []
+    for child in children:
+        lines = list(child.lines) if child is not None else []
+        for at, line in enumerate(lines):
+            if "Traceback (most recent call last)" not in line or len(texts) >= limit:
+                continue
+            end = at + 1
+            while end < len(lines) and lines[end][:1] in (" ", "\t"):
+                end += 1
+            assert child is not None
+            texts.append("\n".join([f"[{child.name}]", *lines[max(at - 1, 0) : end + 1]]))
+    return texts
+
+
 def crashed(children: Iterable[LoggedProcess | None], killed: set[str]) -> int:
     """Children that have ended although nobody stopped them (`killed`: the names the scenario
     killed itself and did not start again)."""
