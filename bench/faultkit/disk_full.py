@@ -29,7 +29,7 @@ from pathlib import Path
 from benchtls import BenchLab, Identities
 
 from common.records import load_hosts
-from faultkit.fleet import crashed, files_disagreeing, tracebacks, wait_served
+from faultkit.fleet import crashed, files_disagreeing, traceback_texts, tracebacks, wait_served
 from faultkit.report import FaultReport
 from msctl.children import LoggedProcess
 
@@ -178,6 +178,7 @@ async def run(agents: int, workdir: Path) -> FaultReport:
             report.tracebacks = tracebacks(all_children)
             writable = sum(c.count(WRITABLE) for c in children)
             report.extra = {
+                "traceback_texts": traceback_texts(all_children),
                 "acked_while_full": acked_full,
                 "files_changed_while_full": changed,
                 "temp_files_left": left,

@@ -32,6 +32,7 @@ from faultkit.fleet import (
     sessions,
     sessions_changed,
     swarm_lost,
+    traceback_texts,
     tracebacks,
     wait_served,
 )
@@ -152,6 +153,7 @@ async def judge(
     result = flood_result(client)
     cpu_s = (cpu[1].cpu_ticks - cpu[0].cpu_ticks) / CLK_TCK
     report.extra = {
+        "traceback_texts": traceback_texts([*children, client]),
         "hosts_tried": HOSTS,
         "token_uses": USES,
         "enrolled": result.get("enrolled"),

@@ -36,6 +36,7 @@ from faultkit.fleet import (
     sessions,
     sessions_changed,
     swarm_lost,
+    traceback_texts,
     tracebacks,
     wait_served,
 )
@@ -124,6 +125,7 @@ async def judge(
     report.tracebacks = tracebacks([*children, client])
     result = fuzz_result(client)
     report.extra = {
+        "traceback_texts": traceback_texts([*children, client]),
         "frames_sent": result.get("frames_sent"),
         "connections": result.get("connections"),
         "idle_connections": result.get("idle_connections"),
