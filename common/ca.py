@@ -19,7 +19,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -69,16 +69,25 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
+# What cryptography raises for a CSR it loaded but whose key it cannot use: a point off the
+# curve ("Invalid key"), an unknown key type or curve (the key is read when used, not loaded).
+_UNREADABLE = (ValueError, UnsupportedAlgorithm)
+
+
 def csr_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
     """The EC key a CSR proves its maker holds. Raises CsrError for a CSR that is not one."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
+    except x509.InvalidVersion as exc:
+        raise CsrError(f"csr: unusable: {str(exc)[:80]}") from None
     except ValueError:
         raise CsrError("csr: not a PEM certificate signing request") from None
     try:
         valid = csr.is_signature_valid
     except InvalidSignature:
         valid = False
+    except _UNREADABLE as exc:
+        raise CsrError(f"csr: unusable: {str(exc)[:80]}") from None
     if not valid:
         raise CsrError("csr: its signature does not match its key")
     public_key = csr.public_key()
