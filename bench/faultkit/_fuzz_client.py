@@ -12,7 +12,7 @@ Frames come from two sources:
   drawn with `fuzz_one_input` from random bytes (no shrinking, no database);
 - byte-level mutations of real frames (encodings of real messages, a real CSR in `enroll` and
   `renew`): truncation, oversize, bad UTF-8, wrong types, huge numbers, flipped bytes, splices,
-  duplicate keys, pipelines of one frame repeated.
+  duplicate keys, pipelines of one frame repeated, CSRs with bytes of their DER changed.
 
 Connections are of three kinds: TLS with a client certificate of the namespace's CA (half of
 them first complete a valid startup, so the frames reach a served session), TLS without a client
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -96,13 +97,15 @@ class Source:
 
         self._collect = collect
         csr = csr_pem(new_key(), str(uuid.uuid4())).decode()
+        self.enroll = encode(Enroll(str(uuid.uuid4()), "0123abcd", "0" * 32, csr))
+        self.renew = encode(Renew(csr))
         self.real: list[bytes] = [
             encode(self.startup(str(uuid.uuid4()))),
             encode(Ping(1)),
             encode(Pong(1)),
             encode(Ack(3, [address], "static")),
-            encode(Enroll(str(uuid.uuid4()), "0123abcd", "0" * 32, csr)),
-            encode(Renew(csr)),
+            self.enroll,
+            self.renew,
             encode(MsList([address], "static", 0, 3, 5, 3, 0.5)),
             encode(Ready(1, address, 5, 3, 0)),
             encode(Error("bad_json", "x")),
@@ -176,6 +179,17 @@ class Source:
     def pipeline(self, frame: bytes) -> bytes:
         return frame * self.rng.choice([2, 10, 200, 2000])
 
+    def csr(self, frame: bytes) -> bytes:
+        """An `enroll` or `renew` whose CSR has a few bytes of its DER changed (still PEM)."""
+        body = json.loads(self.rng.choice([self.enroll, self.renew]))
+        lines = body["csr"].splitlines()
+        der = bytearray(base64.b64decode("".join(lines[1:-1])))
+        for _ in range(self.rng.randint(1, 4)):
+            der[self.rng.randrange(len(der))] = self.rng.randrange(256)
+        text = base64.encodebytes(bytes(der)).decode()
+        body["csr"] = f"{lines[0]}\n{text}{lines[-1]}\n"
+        return json.dumps(body).encode() + b"\n"
+
     def control(self, frame: bytes) -> bytes:
         at = self.rng.randrange(len(frame))
         return frame[:at] + self.rng.choice([b"\x00", b"\r", b"\x1b[2J", b"\\u0000"]) + frame[at:]
@@ -192,6 +206,7 @@ MUTATIONS = {
     "duplicate_key": Source.duplicate_key,
     "pipeline": Source.pipeline,
     "control": Source.control,
+    "csr": Source.csr,
 }
 
 
