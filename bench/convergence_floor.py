@@ -196,55 +196,82 @@ async def bare_client(
 # ---------------------------------------------------------------- bare: the phase
 
 
+class BareFloor:
+    """3 server children and a client child holding the N sessions (an async context: the
+    children run inside it); each `rep()` is one push timed to the last folder change."""
+
+    def __init__(self, count: int, workdir: Path, fsync: bool, script: str) -> None:
+        self.count = count
+        self.fsync = fsync
+        name = f"bare-{'fsync' if fsync else 'nofsync'}"
+        self.pems = workdir / f"{name}-pems"
+        self.directory = workdir / name
+        self.addresses = [f"{h}:{free_port(h)}" for h in HOSTS]
+        joined = ",".join(self.addresses)
+        self.servers = [
+            LoggedProcess(f"floor{i + 1}",
+                          [script, "--server", a, "--addresses", joined, "--pems", str(self.pems)])
+            for i, a in enumerate(self.addresses)
+        ]  # fmt: skip
+        self.client = LoggedProcess(
+            "floor-client",
+            [script, "--client", str(count), "--addresses", joined, "--dir", str(self.directory),
+             "--pems", str(self.pems), *([] if fsync else ["--no-fsync"])],
+        )  # fmt: skip
+        self.reps: list[dict[str, object]] = []
+
+    async def __aenter__(self) -> BareFloor:
+        self.pems.mkdir(parents=True)
+        write_pems(self.pems, HOSTS)
+        try:
+            for server in self.servers:
+                await server.start(ready="floor server listening")
+            await self.client.start(ready=rf"floor client: {self.count} connected", timeout=180)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        for child in [self.client, *self.servers]:
+            with contextlib.suppress(ProcessLookupError, TimeoutError):
+                await child.stop(signal.SIGKILL)
+
+    async def rep(self) -> dict[str, object]:
+        """One push, after a quiet second: each file's persist time, and each process's CPU."""
+        k = len(self.reps) + 1
+        cpu = CpuWatch({"client": self.client.pid, **{s.name: s.pid for s in self.servers}})
+        await asyncio.sleep(1.0)  # quiet before the clock starts
+        cpu.start()
+        started = time.time()
+        for server in self.servers:
+            os.kill(server.pid, signal.SIGUSR1)
+        await self.client.wait_for(rf"^floor client: written {k}$", timeout=WAIT)
+        used = cpu.read()
+        for server in self.servers:
+            await server.wait_for(rf"^floor server acks {k}$", timeout=WAIT)
+        times = folder_times(self.directory, self.count)
+        self.reps.append({**benchlib.summary([t - started for t in times]), "cpu_s": used})
+        return self.reps[-1]
+
+    def result(self) -> dict[str, object]:
+        maxima = sorted(float(r["max_s"]) for r in self.reps)  # type: ignore[arg-type]
+        return {"fsync": self.fsync, "agents": self.count, "repeats": self.reps,
+                "max_median_s": maxima[len(maxima) // 2],
+                "files_ok": files_ok(self.directory, self.count, self.addresses)}  # fmt: skip
+
+
 async def run_bare(
     count: int, workdir: Path, repeats: int, fsync: bool, script: str
 ) -> dict[str, object]:
-    """3 server children and a client child; `repeats` pushes, each timed to the last folder
-    change; the max of each repetition and their median."""
-    name = f"bare-{'fsync' if fsync else 'nofsync'}"
-    pems = workdir / f"{name}-pems"
-    pems.mkdir(parents=True)
-    write_pems(pems, HOSTS)
-    addresses = [f"{h}:{free_port(h)}" for h in HOSTS]
-    joined = ",".join(addresses)
-    servers = [
-        LoggedProcess(
-            f"floor{i + 1}", [script, "--server", a, "--addresses", joined, "--pems", str(pems)]
-        )
-        for i, a in enumerate(addresses)
-    ]
-    directory = workdir / name
-    client = LoggedProcess(
-        "floor-client",
-        [script, "--client", str(count), "--addresses", joined, "--dir", str(directory),
-         "--pems", str(pems), *([] if fsync else ["--no-fsync"])],
-    )  # fmt: skip
-    reps: list[dict[str, object]] = []
-    try:
-        for server in servers:
-            await server.start(ready="floor server listening")
-        await client.start(ready=rf"floor client: {count} connected", timeout=180)
-        cpu = CpuWatch({"client": client.pid, **{s.name: s.pid for s in servers}})
-        for k in range(1, repeats + 1):
-            await asyncio.sleep(1.0)  # quiet before the clock starts
-            cpu.start()
-            started = time.time()
-            for server in servers:
-                os.kill(server.pid, signal.SIGUSR1)
-            await client.wait_for(rf"^floor client: written {k}$", timeout=WAIT)
-            used = cpu.read()
-            for server in servers:
-                await server.wait_for(rf"^floor server acks {k}$", timeout=WAIT)
-            times = folder_times(directory, count)
-            reps.append({**benchlib.summary([t - started for t in times]), "cpu_s": used})
-    finally:
-        for child in [client, *servers]:
-            with contextlib.suppress(ProcessLookupError, TimeoutError):
-                await child.stop(signal.SIGKILL)
-    maxima = sorted(float(r["max_s"]) for r in reps)  # type: ignore[arg-type]
-    return {"fsync": fsync, "agents": count, "repeats": reps,
-            "max_median_s": maxima[len(maxima) // 2],
-            "files_ok": files_ok(directory, count, addresses)}  # fmt: skip
+    """`repeats` pushes of a bare floor, one after the other."""
+    async with BareFloor(count, workdir, fsync, script) as floor:
+        for _ in range(repeats):
+            await floor.rep()
+        return floor.result()
 
 
 def files_ok(directory: Path, count: int, addresses: list[str]) -> int:
