@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -59,8 +60,13 @@ def _normalise_host(text: str, entry: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_address(text: str) -> Address:
-    """Parse one entry; surrounding spaces are dropped. Raises ValidationError naming it."""
+    """Parse one entry; surrounding spaces are dropped. Raises ValidationError naming it.
+
+    Remembered (an Address is immutable): a fleet's lists name the same few servers, and every
+    agent parses each list it gets (py-spy: 4.5% of a 3,000-agent swarm's busy time when `host`
+    changed), every server each startup's."""
     entry = text.strip()
     if not entry:
         raise ValidationError("empty address")
