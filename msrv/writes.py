@@ -4,6 +4,14 @@ A storm of startups, acks and disconnects then costs a few pipelines instead of 
 (and one pooled connection) each. One writer task sends the queue in order, so a write queued
 before another lands before it: a re-assert built before an ack or a disconnect can never land
 after it.
+
+Scripts: redis-py asks Redis whether a pipeline's scripts are loaded (SCRIPT EXISTS, a round
+trip of its own) before every pipeline; under a storm of acks that was half the writer's work.
+The writer asks once, then sends EVALSHA straight away. Redis can lose its scripts (restarted,
+emptied, another master after a failover): after a lost connection the writer asks again, and
+a batch refused for a missing script (NOSCRIPT: nothing of it ran) is sent again once the scripts
+are loaded; should only part of a batch be refused so (its scripts loaded meanwhile by another
+client), the refused writes fail with the NoScriptError and the rest stand.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
 
 from common.errors import LbError
 
@@ -37,6 +46,7 @@ class WriteQueue:
         self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._wake = asyncio.Event()
         self.stopped = False
+        self._loaded: set[str] = set()  # shas of the scripts known to be loaded in Redis
 
     def submit(self, command: Command) -> asyncio.Future[Any]:
         """Queue one command; the future gets its reply (or its error: a RedisError, or a
@@ -82,11 +92,12 @@ class WriteQueue:
         if not batch:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for command, _ in batch:
-                    await command(pipe)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._execute(batch)
+            if all(isinstance(reply, NoScriptError) for reply in replies):
+                replies = await self._execute(batch)  # redis-py loads them this time
         except RedisError as exc:
+            if isinstance(exc, RedisConnectionError):
+                self._loaded.clear()  # it may come back as a Redis without our scripts
             _fail(batch, exc)
             return
         except Exception as exc:  # one command Redis cannot take (a value it cannot encode)
@@ -102,6 +113,22 @@ class WriteQueue:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _execute(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> list[Any]:
+        """One pipeline of the batch's commands; the scripts checked for (and loaded) only when
+        some are not known to be loaded."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command, _ in batch:
+                await command(pipe)
+            shas = {script.sha for script in pipe.scripts}
+            if shas <= self._loaded:
+                pipe.scripts.clear()  # no SCRIPT EXISTS round trip
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            self._loaded.clear()
+        else:
+            self._loaded |= shas
+        return replies
 
     async def _isolate(
         self, batch: list[tuple[Command, asyncio.Future[Any]]], exc: Exception
