@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import os
 import signal
 import subprocess
 import time
@@ -32,6 +30,7 @@ from common.records import load_hosts
 from faultkit.fleet import crashed, files_disagreeing, traceback_texts, tracebacks, wait_served
 from faultkit.report import FaultReport
 from msctl.children import LoggedProcess
+from tests.support.tmpfs import fill
 
 DEFAULT_AGENTS = 100
 REPUSH = 10.0  # msrv's default --repush-interval
@@ -45,7 +44,6 @@ RECOVER_LIMIT = 60.0
 KIB_PER_AGENT = 24  # tmpfs pages of one agent's folder (4 small files) with room to spare
 CANNOT_SAVE = r"cannot save host="
 WRITABLE = r"writable again"
-FILLER = ".filler"
 
 
 @contextlib.contextmanager
@@ -64,21 +62,6 @@ def tmpfs(path: Path, size_kib: int) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Take every free block of the filesystem of `folder`."""
-    filler = folder / FILLER
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return filler
 
 
 def snapshot(agents_dir: Path) -> dict[Path, bytes]:
