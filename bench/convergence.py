@@ -10,7 +10,8 @@ stamped when the ack arrives). The file's host= is checked against the registry 
 repetition. Between repetitions the agents move to their new first entry (make-before-break)
 and the run waits for that to settle. ping.interval is 60 s so heartbeats do not mix in.
 
-Every session is mutual TLS 1.3: the swarm's agents enroll with a join token at the start.
+Every session is mutual TLS 1.3: the swarm's agents are provisioned keystores of the
+namespace's CA, as an enrollment leaves them (bench/benchtls.py).
 
 The floors, in the same run (bench/convergence_floor.py): the bare floor, laid out as this run
 (3 one-line TLS server processes, one client process holding the N sessions, rewriting the
